@@ -1,0 +1,137 @@
+"""Backend registry: which implementations exist, which can run on a device, and why not.
+
+Each backend is a function (query, memory, shrink_thres, cosine, temperature) ->
+(read, entropy), differentiable in query and memory, plus an availability check that
+returns None when the backend can serve tensors on a device, or a sentence saying why not.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda", "cpp")
+# Fastest first; "auto" takes the first one available for the tensors' device.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    unavailable_reason: Callable[[torch.device], Optional[str]]
+    load: Callable[[], Callable]  # imported lazily so a missing dependency only costs its backend
+
+
+def _reference_reason(device):
+    return None
+
+
+def _load_reference():
+    from memae_fused.eager import memory_read_eager
+
+    def run(query, memory, shrink_thres, cosine, temperature):
+        read, entropy, _ = memory_read_eager(query, memory, shrink_thres, cosine, temperature)
+        return read, entropy
+
+    return run
+
+
+def triton_interpret_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_reason(device):
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - triton ships with CUDA builds of torch
+        return f"triton is not installed ({exc})"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and triton_interpret_enabled():
+        return None
+    return (
+        f"triton kernels need CUDA tensors (got {device.type}); on the CPU they run only "
+        "under Triton's interpreter (set TRITON_INTERPRET=1 before starting Python)"
+    )
+
+
+def _load_triton():
+    from memae_fused.triton_memory import memory_read_triton
+
+    return memory_read_triton
+
+
+def _cpp_reason(device):
+    from memae_fused import _ops_cpp
+
+    if _ops_cpp.load_error() is not None:
+        return f"the compiled extension memae_fused._C is missing ({_ops_cpp.load_error()}); reinstall with 'pip install --no-build-isolation .'"
+    if not _ops_cpp.has_kernel("CPU"):
+        return "memae_fused._C has no CPU kernel registered"
+    if device.type != "cpu":
+        return f"the 'cpp' backend serves CPU tensors (got {device.type}); use 'cuda' or 'triton'"
+    return None
+
+
+def _cuda_reason(device):
+    from memae_fused import _ops_cpp
+
+    if _ops_cpp.load_error() is not None:
+        return f"the compiled extension memae_fused._C is missing ({_ops_cpp.load_error()}); reinstall with 'pip install --no-build-isolation .'"
+    if not _ops_cpp.cuda_compiled():
+        return "memae_fused._C was built without CUDA (no nvcc at install time, or MEMAE_FUSED_CUDA=0)"
+    if device.type != "cuda":
+        return f"the 'cuda' backend serves CUDA tensors (got {device.type}); use 'cpp' on the CPU"
+    return None
+
+
+def _load_cpp():
+    from memae_fused._ops_cpp import memory_read_cpp
+
+    return memory_read_cpp
+
+
+REGISTRY: Dict[str, Backend] = {
+    "reference": Backend("reference", _reference_reason, _load_reference),
+    "triton": Backend("triton", _triton_reason, _load_triton),
+    "cuda": Backend("cuda", _cuda_reason, _load_cpp),
+    "cpp": Backend("cpp", _cpp_reason, _load_cpp),
+}
+
+
+def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    return REGISTRY[name].unavailable_reason(device)
+
+
+def available_backends(device="cpu"):
+    """Names of the backends that can serve tensors on `device`, fastest first."""
+    device = torch.device(device)
+    order = AUTO_ORDER.get(device.type, ("reference",))
+    names = [n for n in order if unavailable_reason(n, device) is None]
+    names += [n for n in BACKENDS if n not in names and unavailable_reason(n, device) is None]
+    return names
+
+
+def resolve(name: str, device: torch.device) -> str:
+    """The backend that will run: `name` itself, or the first available one for "auto"."""
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device.type, ("reference",)):
+            if unavailable_reason(candidate, device) is None:
+                return candidate
+        return "reference"
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise RuntimeError(f"backend={name!r} is not available: {reason}")
+    return name
+
+
+_loaded: Dict[str, Callable] = {}
+
+
+def get(name: str) -> Callable:
+    if name not in _loaded:
+        _loaded[name] = REGISTRY[name].load()
+    return _loaded[name]

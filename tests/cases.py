@@ -1,0 +1,63 @@
+"""Random test inputs whose addressing weights keep a margin from the shrink threshold.
+
+Hard shrinkage is nearly a step at w = lambda (and its derivative is huge just above it), so
+two correct implementations can disagree on a weight within rounding of lambda. Instead of
+loosening tolerances, every test draws inputs and a lambda with no weight near lambda.
+"""
+
+import torch
+
+import python_ref
+
+REL_MARGIN = 1e-3
+
+
+def draw(q, n, c, *, similarity="cosine", temperature=0.1, dtype=torch.float64, seed=None,
+         device="cpu", scale=None):
+    """query (q, c) ~ N(0, 1); memory (n, c) with rows of random length, so dot logits vary."""
+    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    query = torch.randn(q, c, generator=gen, dtype=torch.float64)
+    memory = torch.randn(n, c, generator=gen, dtype=torch.float64)
+    memory *= torch.rand(n, 1, generator=gen, dtype=torch.float64) + 0.5
+    if scale is None:
+        scale = 1.0 if similarity == "cosine" else c ** -0.5
+    query *= scale
+    return query.to(device=device, dtype=dtype), memory.to(device=device, dtype=dtype)
+
+
+def weights(query, memory, similarity, temperature):
+    """Softmax weights before shrinkage, in float64."""
+    return python_ref.memory_read(query.double(), memory.double(), shrink_thres=0.0,
+                                  similarity=similarity, temperature=temperature,
+                                  return_att=True).att
+
+
+def safe_threshold(w, target, rel_margin=REL_MARGIN):
+    """A threshold near `target` with no weight within rel_margin * threshold of it."""
+    if target == 0:
+        return 0.0
+    vals = torch.sort(w.flatten().double()).values
+    lo, hi = target / 1.5, target * 1.5
+    cand = torch.cat([vals[(vals > lo) & (vals < hi)], torch.tensor([lo, hi], dtype=vals.dtype)])
+    cand = torch.sort(cand).values
+    gaps = cand[1:] - cand[:-1]
+    mids = (cand[1:] + cand[:-1]) / 2
+    ok = gaps / 2 > rel_margin * mids
+    if not ok.any():
+        raise AssertionError(f"no threshold near {target} keeps a margin; draw other inputs")
+    # Among the gaps wide enough, the one closest to the target.
+    idx = torch.nonzero(ok).flatten()
+    best = idx[torch.argmin((mids[idx] - target).abs())]
+    thres = float(mids[best])
+    assert (vals - thres).abs().min() > rel_margin * thres
+    return thres
+
+
+def draw_case(q, n, c, *, shrink_factor=2.0, similarity="cosine", temperature=0.1,
+              dtype=torch.float64, seed=None, device="cpu", scale=None):
+    """Inputs plus a threshold near shrink_factor / n (0 for no shrinkage) with a margin."""
+    query, memory = draw(q, n, c, similarity=similarity, temperature=temperature, dtype=dtype,
+                         seed=seed, device=device, scale=scale)
+    w = weights(query, memory, similarity, temperature)
+    lam = safe_threshold(w, shrink_factor / n) if shrink_factor else 0.0
+    return query, memory, lam
