@@ -1,0 +1,550 @@
+"""Fused MemAE memory read in Triton: forward, backward and their torch.library wiring.
+
+Algorithm (docs/algorithm.md has the derivation). Per block of queries the forward sweeps
+the memory twice: sweep 1 keeps an online max and sum of exp of the logits (online softmax)
+to get each row's logsumexp L; sweep 2 recomputes the logits, forms w = exp(s - L), the hard
+shrinkage h, and accumulates sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and
+entropy then need only per-row scalars, so no Q x N tensor ever reaches device memory. The
+forward saves three numbers per row (L, the shrink sum S and A' = sum a²/(a+eps)).
+
+The backward recomputes the logits, FlashAttention style. The per-row reduction
+D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
+outputs (the analogue of rowsum(dO∘O)). A query-major kernel then yields d(query) and the
+softmax row term R = sum_j w_j·dL/dw_j together: d(query) is linear in R, so it is
+accumulated as X - R·Y (for lam = 0, R = D is known and ds is formed directly). A
+memory-major kernel recomputes the tiles once more with every row's L, S, D, R known and
+accumulates d(memory); neither kernel uses atomics, so the backward is deterministic.
+
+When there are too few query blocks to fill the GPU, the slots (forward, query-major
+backward) or the queries (memory-major backward) are split across programs and the partial
+sums combined with a few O((Q+N)·C) torch ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from memae_fused.backends import triton_interpret_enabled
+
+EPS = 1e-12
+
+
+@triton.jit
+def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # Triton's CPU interpreter gets 16-bit dots wrong, so under it they run in float32.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def _shrink(w, lam):
+    """h = relu(w - lam)·w / (|w - lam| + eps), written for w > lam only."""
+    u = w - lam
+    keep = u > 0
+    return tl.where(keep, w * u / (u + 1e-12), 0.0), u, keep
+
+
+@triton.jit
+def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
+    """Addressing weight a and dL/dw for one tile; gm = g·mv_j, row stats pre-broadcast.
+
+    For lam = 0, dL/dw comes back already centred by D (= R), so ds = w·dw.
+    """
+    if SHRINK:
+        h, u, keep = _shrink(w, lam)
+        a = h * inv_s
+        da = gm - gam * (tl.log(a + 1e-12) + a / (a + 1e-12))
+        up = u + 1e-12
+        dh_dw = tl.where(keep, u / up + w * 1e-12 / (up * up), 0.0)
+        dw = dh_dw * (da - d_row) * inv_s
+    else:
+        a = w
+        dw = gm - gam * (tl.log(w + 1e-12) + w / (w + 1e-12)) - d_row
+    return a, dw
+
+
+@triton.jit
+def _lse_partial_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
+                        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                        PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Sweep 1 over one split of the slots: running max and sum of exp per query row."""
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :],
+                 mask=mask_q[:, None] & mask_c[None, :], other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+    m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
+    l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :],
+                     mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m_i = m_new
+    part = pid_s * Q + offs_q
+    tl.store(PART_MAX + part, m_i, mask=mask_q)
+    tl.store(PART_SUM + part, l_i, mask=mask_q)
+
+
+@triton.jit
+def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
+                Q, N, C, n_per_split,
+                SHRINK: tl.constexpr, SPLIT: tl.constexpr,
+                BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Sweeps 1 and 2 for one block of queries over one split of the slots.
+
+    Unsplit (SPLIT = False): computes L itself and writes the final read, entropy and stats.
+    Split: takes L from LSE and writes the partial sums of its slots for the host to combine.
+    """
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    lam = tl.load(PARAMS + 1)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    mask_qc = mask_q[:, None] & mask_c[None, :]
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+
+    if SPLIT:
+        lse = tl.load(LSE + offs_q, mask=mask_q, other=0.0)
+    else:
+        m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
+        l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+        for n0 in range(n_start, n_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < n_end
+            mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :],
+                         mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+            s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+            m_i = m_new
+        lse = m_i + tl.log(l_i)
+
+    acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    # Row sums. Shrink: sum h, sum h·log h, #kept (h > 0).
+    # No shrink (a = w): unused, sum w·log(w + eps), sum w²/(w + eps) (= A').
+    sum_h = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    sum_hlogh = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    sum_third = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mask_nc = mask_n[:, None] & mask_c[None, :]
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        w = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
+        if SHRINK:
+            h, u, keep = _shrink(w, lam)
+            sum_h += tl.sum(h, 1)
+            sum_hlogh += tl.sum(tl.where(keep, h * tl.log(tl.where(keep, h, 1.0)), 0.0), 1)
+            sum_third += tl.sum(keep.to(scale.dtype), 1)
+        else:
+            h = w
+            sum_hlogh += tl.sum(w * tl.log(w + 1e-12), 1)
+            sum_third += tl.sum(w * w / (w + 1e-12), 1)
+        acc = _mm(h.to(mv.dtype), mv, acc, PREC, UPCAST)
+
+    if SPLIT:
+        part = pid_s * Q + offs_q
+        tl.store(PART_ACC + part[:, None] * C + offs_c[None, :], acc, mask=mask_qc)
+        tl.store(PART_STATS + part, sum_h, mask=mask_q)
+        tl.store(PART_STATS + Q * tl.num_programs(1) + part, sum_hlogh, mask=mask_q)
+        tl.store(PART_STATS + 2 * Q * tl.num_programs(1) + part, sum_third, mask=mask_q)
+    else:
+        if SHRINK:
+            s_c = tl.maximum(sum_h, 1e-12)
+            frac = sum_h / s_c
+            ent = -sum_hlogh / s_c + frac * tl.log(s_c) - 1e-12 * frac * sum_third
+            aux = frac - 1e-12 * frac * sum_third
+            read = acc / s_c[:, None]
+        else:
+            sum_h = tl.full([BLOCK_Q], 1.0, dtype=scale.dtype)
+            ent = -sum_hlogh
+            aux = sum_third
+            read = acc
+        tl.store(READ + offs_q[:, None] * C + offs_c[None, :], read.to(READ.dtype.element_ty),
+                 mask=mask_qc)
+        tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
+        tl.store(STATS + offs_q, lse, mask=mask_q)
+        tl.store(STATS + Q + offs_q, sum_h, mask=mask_q)
+        tl.store(STATS + 2 * Q + offs_q, aux, mask=mask_q)
+
+
+@triton.jit
+def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, PARAMS,
+                      Q, N, C, n_per_split,
+                      SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Query-major backward: partial X = sum w·dw·mk, Y = sum w·mk, R = sum w·dw per row."""
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    lam = tl.load(PARAMS + 1)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    mask_qc = mask_q[:, None] & mask_c[None, :]
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+    g = tl.load(G + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+    lse = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+    s_row = tl.load(STATS + Q + offs_q, mask=mask_q, other=1.0)
+    gam = tl.load(GAM + offs_q, mask=mask_q, other=0.0)
+    d_row = tl.load(DROW + offs_q, mask=mask_q, other=0.0)
+    inv_s = 1.0 / tl.maximum(s_row, 1e-12)
+    if SHRINK:
+        d_row = tl.where(s_row >= 1e-12, d_row, 0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+    x_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    y_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    r_acc = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mask_nc = mask_n[:, None] & mask_c[None, :]
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        w = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
+        gm = _mm(g, tl.trans(mv), zero, PREC, UPCAST)
+        a, dw = _dlogit_terms(w, gm, lam, gam[:, None], inv_s[:, None], d_row[:, None], SHRINK)
+        wdw = tl.where(mask_n[None, :], w * dw, 0.0)
+        x_acc = _mm(wdw.to(mk.dtype), mk, x_acc, PREC, UPCAST)
+        if SHRINK:
+            y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
+            r_acc += tl.sum(wdw, 1)
+    part = pid_s * Q + offs_q
+    tl.store(PART_X + part[:, None] * C + offs_c[None, :], x_acc, mask=mask_qc)
+    if SHRINK:
+        tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc, mask=mask_qc)
+        tl.store(PART_R + part, r_acc, mask=mask_q)
+
+
+@triton.jit
+def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV, PARAMS,
+                       Q, N, C, q_per_split,
+                       SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Memory-major backward: partial d(mk) = sum_i ds·zq and d(mv) = sum_i a·g per slot."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    lam = tl.load(PARAMS + 1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_n = offs_n < N
+    mask_c = offs_c < C
+    mask_nc = mask_n[:, None] & mask_c[None, :]
+    mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    q_start = pid_s * q_per_split
+    q_end = tl.minimum(q_start + q_per_split, Q)
+    zero = tl.zeros([BLOCK_N, BLOCK_Q], dtype=scale.dtype)
+    dmk = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
+    dmv = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
+    for q0 in range(q_start, q_end, BLOCK_Q):
+        offs_q = q0 + tl.arange(0, BLOCK_Q)
+        mask_q = offs_q < q_end
+        mask_qc = mask_q[:, None] & mask_c[None, :]
+        zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+        g = tl.load(G + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+        lse = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+        s_row = tl.load(STATS + Q + offs_q, mask=mask_q, other=1.0)
+        gam = tl.load(GAM + offs_q, mask=mask_q, other=0.0)
+        d_row = tl.load(DROW + offs_q, mask=mask_q, other=0.0)
+        r_row = tl.load(RROW + offs_q, mask=mask_q, other=0.0)
+        inv_s = 1.0 / tl.maximum(s_row, 1e-12)
+        if SHRINK:
+            d_row = tl.where(s_row >= 1e-12, d_row, 0.0)
+        s_t = _mm(mk, tl.trans(zq), zero, PREC, UPCAST) * scale
+        w_t = tl.where(mask_q[None, :], tl.exp(s_t - lse[None, :]), 0.0)
+        gm_t = _mm(mv, tl.trans(g), zero, PREC, UPCAST)
+        a_t, dw_t = _dlogit_terms(w_t, gm_t, lam, gam[None, :], inv_s[None, :], d_row[None, :],
+                                  SHRINK)
+        if SHRINK:
+            ds_t = w_t * (dw_t - r_row[None, :])
+        else:
+            ds_t = w_t * dw_t
+        ds_t = tl.where(mask_q[None, :], ds_t, 0.0)
+        a_t = tl.where(mask_q[None, :], a_t, 0.0)
+        dmk = _mm(ds_t.to(zq.dtype), zq, dmk, PREC, UPCAST)
+        dmv = _mm(a_t.to(g.dtype), g, dmv, PREC, UPCAST)
+    part = pid_s * N + offs_n
+    tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk * scale, mask=mask_nc)
+    tl.store(PART_DMV + part[:, None] * C + offs_c[None, :], dmv, mask=mask_nc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch planning
+
+
+def _tiles(c: int, interpret: bool):
+    """(BLOCK_Q, BLOCK_N, BLOCK_C, num_warps) for channel count c.
+
+    The accumulators hold BLOCK_Q x BLOCK_C floats per program, so wide channels take fewer
+    query rows. These are starting points to be tuned on the device (bench/gpu_check.sh).
+    """
+    block_c = max(16, triton.next_power_of_2(c))
+    if interpret:  # the interpreter runs whole tiles in numpy: larger is faster
+        return 32, 64, block_c, 4
+    if block_c <= 64:
+        return 128, 64, block_c, 4
+    if block_c <= 128:
+        return 64, 64, block_c, 4
+    if block_c <= 256:
+        return 64, 32, block_c, 8
+    return 32, 32, block_c, 8
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def plan_splits(num_blocks: int, length: int, block: int, device: torch.device) -> int:
+    """How many ways to split a sweep of `length` so num_blocks·splits fills the device."""
+    target = 2 * _num_sms(device)
+    if num_blocks >= target:
+        return 1
+    most = triton.cdiv(length, block)
+    return max(1, min(most, triton.cdiv(target, num_blocks)))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 follows torch's matmul setting: "highest" keeps IEEE float32 products.
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _params(temperature: float, shrink_thres: float, dtype, device) -> torch.Tensor:
+    # Passed by pointer so that float64 runs keep float64 constants.
+    return torch.tensor([1.0 / temperature, shrink_thres], dtype=_acc_dtype(dtype), device=device)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    xf = x.to(_acc_dtype(x.dtype))
+    return (xf / xf.norm(dim=1, keepdim=True).clamp_min(EPS)).to(x.dtype)
+
+
+def _normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """Gradient through x / max(|x|, eps), in the accumulation dtype."""
+    xf = x.to(grad_unit.dtype)
+    norm = xf.norm(dim=1, keepdim=True)
+    unit = xf / norm.clamp_min(EPS)
+    tangent = (grad_unit - unit * (unit * grad_unit).sum(dim=1, keepdim=True)) / norm.clamp_min(EPS)
+    return torch.where(norm > EPS, tangent, grad_unit / EPS)
+
+
+def _keys(query, memory, cosine):
+    if cosine:
+        return _normalize(query), _normalize(memory)
+    return query, memory
+
+
+def _launch(kernel, grid, *args, **meta):
+    if triton_interpret_enabled() and any(_is_traced(a) for a in args
+                                          if isinstance(a, torch.Tensor)):
+        # Only reached under Triton's interpreter, where torch's wrap_triton hands back the
+        # raw kernel even while torch.compile traces with fake tensors: they carry shapes,
+        # not data, so there is nothing to run (on a GPU the launch is traced instead).
+        return
+    wrap_triton(kernel)[grid](*args, **meta)
+
+
+def _is_traced(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return is_fake(t) or isinstance(t, FunctionalTensor)
+
+
+def _common(query):
+    interpret = query.device.type == "cpu"
+    upcast = interpret and query.dtype in (torch.float16, torch.bfloat16)
+    return interpret, upcast, _dot_precision(query.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops
+
+
+@triton_op("memae_fused::triton_memory_read_fwd", mutates_args=())
+def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thres: float,
+                           cosine: bool, temperature: float
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    query, memory = query.contiguous(), memory.contiguous()
+    q, c = query.shape
+    n = memory.shape[0]
+    zq, mk = _keys(query, memory, cosine)
+    interpret, upcast, prec = _common(query)
+    block_q, block_n, block_c, warps = _tiles(c, interpret)
+    acc_dtype = _acc_dtype(query.dtype)
+    params = _params(temperature, shrink_thres, query.dtype, query.device)
+    shrink = shrink_thres > 0
+    q_blocks = triton.cdiv(q, block_q)
+    splits = plan_splits(q_blocks, n, block_n, query.device)
+    n_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    splits = triton.cdiv(n, n_per_split)
+    meta = dict(BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec, UPCAST=upcast,
+                num_warps=warps)
+
+    read = torch.empty_like(query)
+    entropy = query.new_empty((q,))
+    stats = torch.empty((3, q), dtype=acc_dtype, device=query.device)
+    if splits == 1:
+        _launch(_fwd_kernel, (q_blocks, 1),
+            zq, mk, memory, stats, read, entropy, stats, stats, stats, params, q, n, c, n,
+            SHRINK=shrink, SPLIT=False, **meta)
+        return read, entropy, stats
+
+    part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
+    part_sum = torch.empty_like(part_max)
+    _launch(_lse_partial_kernel, (q_blocks, splits),
+        zq, mk, part_max, part_sum, params, q, n, c, n_per_split, **meta)
+    top = part_max.amax(dim=0)
+    lse = top + torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
+    part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
+    part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
+    _launch(_fwd_kernel, (q_blocks, splits),
+        zq, mk, memory, lse, read, entropy, stats, part_acc, part_stats, params,
+        q, n, c, n_per_split, SHRINK=shrink, SPLIT=True, **meta)
+    acc = part_acc.sum(dim=0)
+    sum_h, sum_hlogh, sum_third = part_stats.sum(dim=1)
+    if shrink:
+        s_c = sum_h.clamp_min(EPS)
+        frac = sum_h / s_c
+        ent = -sum_hlogh / s_c + frac * torch.log(s_c) - EPS * frac * sum_third
+        aux = frac - EPS * frac * sum_third
+        read.copy_(acc / s_c[:, None])
+    else:
+        sum_h = torch.ones_like(sum_h)
+        ent, aux = -sum_hlogh, sum_third
+        read.copy_(acc)
+    entropy.copy_(ent)
+    stats.copy_(torch.stack([lse, sum_h, aux]))
+    return read, entropy, stats
+
+
+@triton_op("memae_fused::triton_memory_read_bwd", mutates_args=())
+def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
+                           query: torch.Tensor, memory: torch.Tensor, read: torch.Tensor,
+                           entropy: torch.Tensor, stats: torch.Tensor, shrink_thres: float,
+                           cosine: bool, temperature: float
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    query, memory = query.contiguous(), memory.contiguous()
+    grad_read = grad_read.to(query.dtype).contiguous()
+    q, c = query.shape
+    n = memory.shape[0]
+    zq, mk = _keys(query, memory, cosine)
+    interpret, upcast, prec = _common(query)
+    block_q, block_n, block_c, warps = _tiles(c, interpret)
+    acc_dtype = _acc_dtype(query.dtype)
+    params = _params(temperature, shrink_thres, query.dtype, query.device)
+    shrink = shrink_thres > 0
+    meta = dict(BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec, UPCAST=upcast,
+                num_warps=warps)
+
+    gam = grad_entropy.to(acc_dtype).contiguous()
+    # D = sum_j a_j dL/da_j, from the outputs (docs/algorithm.md).
+    d_row = ((grad_read.to(acc_dtype) * read.to(acc_dtype)).sum(dim=1)
+             + gam * (entropy.to(acc_dtype) - stats[2])).contiguous()
+
+    q_blocks = triton.cdiv(q, block_q)
+    splits = plan_splits(q_blocks, n, block_n, query.device)
+    n_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    splits = triton.cdiv(n, n_per_split)
+    part_x = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
+    part_y = torch.empty_like(part_x) if shrink else part_x
+    part_r = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
+    _launch(_bwd_query_kernel, (q_blocks, splits),
+        zq, mk, memory, grad_read, gam, stats, d_row, part_x, part_y, part_r, params,
+        q, n, c, n_per_split, SHRINK=shrink, **meta)
+    if shrink:
+        r_row = part_r.sum(dim=0)
+        grad_zq = (part_x.sum(dim=0) - r_row[:, None] * part_y.sum(dim=0)) / temperature
+    else:
+        r_row = d_row
+        grad_zq = part_x.sum(dim=0) / temperature
+
+    n_blocks = triton.cdiv(n, block_n)
+    q_splits = plan_splits(n_blocks, q, block_q, query.device)
+    q_per_split = triton.cdiv(triton.cdiv(q, q_splits), block_q) * block_q
+    q_splits = triton.cdiv(q, q_per_split)
+    part_dmk = torch.empty((q_splits, n, c), dtype=acc_dtype, device=query.device)
+    part_dmv = torch.empty_like(part_dmk)
+    _launch(_bwd_memory_kernel, (n_blocks, q_splits),
+        zq, mk, memory, grad_read, gam, stats, d_row, r_row.contiguous(), part_dmk, part_dmv,
+        params, q, n, c, q_per_split, SHRINK=shrink, **meta)
+    grad_mk = part_dmk.sum(dim=0)
+    grad_mv = part_dmv.sum(dim=0)
+    if cosine:
+        grad_query = _normalize_backward(query, grad_zq)
+        grad_memory = _normalize_backward(memory, grad_mk) + grad_mv
+    else:
+        grad_query = grad_zq
+        grad_memory = grad_mk + grad_mv
+    return grad_query.to(query.dtype), grad_memory.to(memory.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    query, memory, shrink_thres, cosine, temperature = inputs
+    read, entropy, stats = output
+    ctx.save_for_backward(query, memory, read, entropy, stats)
+    ctx.args = (shrink_thres, cosine, temperature)
+
+
+def _backward(ctx, grad_read, grad_entropy, grad_stats):
+    query, memory, read, entropy, stats = ctx.saved_tensors
+    if grad_read is None:
+        grad_read = torch.zeros_like(read)
+    if grad_entropy is None:
+        grad_entropy = torch.zeros_like(entropy)
+    grad_query, grad_memory = triton_memory_read_bwd(
+        grad_read, grad_entropy, query, memory, read, entropy, stats, *ctx.args)
+    return grad_query, grad_memory, None, None, None
+
+
+triton_memory_read_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def memory_read_triton(query, memory, shrink_thres, cosine, temperature):
+    if query.device.type == "cpu" and not triton_interpret_enabled():
+        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1")
+    read, entropy, _ = triton_memory_read_fwd(query, memory, shrink_thres, cosine, temperature)
+    return read, entropy
