@@ -245,13 +245,13 @@ def _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir: Path, dev
         with torch.no_grad(), autocast(device, amp):
             recon = model(x).recon.float()
         k = clip_len // 2
-        rows.append((dataset.test[i].name, centre, x[0, :, k].cpu(), recon[0, :, k].cpu()))
+        rows.append((dataset.test[i].name, centre, x[0, :, k].cpu(), recon[0, :, k].clamp(-1, 1).cpu()))
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
     for (name, centre, x, r), ax in zip(rows, axes):
         err = (r - x).pow(2).sum(0).sqrt()
-        ax[0].imshow(x[0], cmap="gray", vmin=-1, vmax=1)
-        ax[1].imshow(r[0].clamp(-1, 1), cmap="gray", vmin=-1, vmax=1)
-        ax[2].imshow(err, cmap="inferno", vmin=0, vmax=2)
+        ax[0].imshow(x[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax[1].imshow(r[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax[2].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=2)
         ax[0].set_ylabel(f"{name}\nframe {centre}", fontsize=8)
         for a, title in zip(ax, ("input", "reconstruction", "|error|")):
             a.set_title(title, fontsize=9)

@@ -162,7 +162,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     """Train on dataset.train (loaded from data_cfg unless given) and write
     out_dir/checkpoint.pt after every epoch and out_dir/train_log.jsonl. With resume=True and
     a checkpoint in out_dir, continue from it; the result is the same as an uninterrupted run.
-    Returns a summary: checkpoint path, epochs run, last epoch's losses, seconds."""
+    Returns a summary: the trained model, checkpoint path, epochs, last epoch's losses
+    (None when the checkpoint already had them all), seconds."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -253,8 +254,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                                                   data_cfg, train_cfg, history), ckpt_path)
             if ctx.world_size > 1:
                 dist.barrier()
-        return {"checkpoint": str(ckpt_path), "epochs": train_cfg.epochs,
-                "last_epoch": history[-1] if history else None,
+        return {"model": model, "checkpoint": str(ckpt_path), "epochs": train_cfg.epochs,
+                "last_epoch": history[-1] if train_cfg.epochs > start_epoch else None,
                 "seconds": time.time() - started}
     finally:
         if ctx.owns_group:
