@@ -74,7 +74,7 @@ def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
 @triton.jit
 def _lse_partial_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
                         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                        PREC: tl.constexpr, UPCAST: tl.constexpr):
+                        PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
     """Sweep 1 over one split of the slots: running max and sum of exp per query row."""
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -110,7 +110,7 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
                 Q, N, C, n_per_split,
                 SHRINK: tl.constexpr, SPLIT: tl.constexpr,
                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr):
+                PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
     """Sweeps 1 and 2 for one block of queries over one split of the slots.
 
     Unsplit (SPLIT = False): computes L itself and writes the final read, entropy and stats.
@@ -158,7 +158,10 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
         mask_n = offs_n < n_end
         mask_nc = mask_n[:, None] & mask_c[None, :]
         mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-        mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        if SHARED_KV:  # dot similarity: keys and values are the same memory tile
+            mv = mk
+        else:
+            mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
         w = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
         if SHRINK:
@@ -202,7 +205,8 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
 def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, PARAMS,
                       Q, N, C, n_per_split,
                       SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                      BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                      SHARED_KV: tl.constexpr):
     """Query-major backward: partial X = sum w·dw·mk, Y = sum w·mk, R = sum w·dw per row."""
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -233,7 +237,10 @@ def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, P
         mask_n = offs_n < n_end
         mask_nc = mask_n[:, None] & mask_c[None, :]
         mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-        mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        if SHARED_KV:  # dot similarity: keys and values are the same memory tile
+            mv = mk
+        else:
+            mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
         w = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
         gm = _mm(g, tl.trans(mv), zero, PREC, UPCAST)
@@ -254,7 +261,8 @@ def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, P
 def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV, PARAMS,
                        Q, N, C, q_per_split,
                        SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                       SHARED_KV: tl.constexpr):
     """Memory-major backward: partial d(mk) = sum_i ds·zq and d(mv) = sum_i a·g per slot."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -266,7 +274,10 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
     mask_c = offs_c < C
     mask_nc = mask_n[:, None] & mask_c[None, :]
     mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-    mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    if SHARED_KV:
+        mv = mk
+    else:
+        mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
     q_start = pid_s * q_per_split
     q_end = tl.minimum(q_start + q_per_split, Q)
     zero = tl.zeros([BLOCK_N, BLOCK_Q], dtype=scale.dtype)
@@ -353,8 +364,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _params(temperature: float, shrink_thres: float, dtype, device) -> torch.Tensor:
-    # Passed by pointer so that float64 runs keep float64 constants.
-    return torch.tensor([1.0 / temperature, shrink_thres], dtype=_acc_dtype(dtype), device=device)
+    """[1/temperature, shrink_thres] on the device, passed by pointer so that float64 runs keep
+    float64 constants (Triton passes Python floats as float32). Filled on the device: a copy
+    from the host would make the host wait for the stream."""
+    params = torch.full((2,), 1.0 / temperature, dtype=_acc_dtype(dtype), device=device)
+    params[1:].fill_(shrink_thres)
+    return params
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -422,7 +437,7 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
     n_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
     splits = triton.cdiv(n, n_per_split)
     meta = dict(BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec, UPCAST=upcast,
-                num_warps=warps)
+                SHARED_KV=not cosine, num_warps=warps)
 
     read = torch.empty_like(query)
     entropy = query.new_empty((q,))
@@ -478,7 +493,7 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     params = _params(temperature, shrink_thres, query.dtype, query.device)
     shrink = shrink_thres > 0
     meta = dict(BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec, UPCAST=upcast,
-                num_warps=warps)
+                SHARED_KV=not cosine, num_warps=warps)
 
     gam = grad_entropy.to(acc_dtype).contiguous()
     # D = sum_j a_j dL/da_j, from the outputs (docs/algorithm.md).
