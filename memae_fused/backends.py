@@ -117,15 +117,23 @@ def available_backends(device="cpu"):
 
 def resolve(name: str, device: torch.device) -> str:
     """The backend that will run: `name` itself, or the first available one for "auto"."""
-    if name == "auto":
-        for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-            if unavailable_reason(candidate, device) is None:
-                return candidate
-        return "reference"
-    reason = unavailable_reason(name, device)
+    resolved, reason = _resolve(name, device.type)
     if reason is not None:
         raise RuntimeError(f"backend={name!r} is not available: {reason}")
-    return name
+    return resolved
+
+
+@torch.compiler.assume_constant_result
+def _resolve(name: str, device_type: str):
+    # A constant for torch.compile: which kernels are built and importable does not change
+    # while a program runs, and the checks themselves cannot be traced.
+    device = torch.device(device_type)
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device_type, ("reference",)):
+            if unavailable_reason(candidate, device) is None:
+                return candidate, None
+        return "reference", None
+    return name, unavailable_reason(name, device)
 
 
 _loaded: Dict[str, Callable] = {}

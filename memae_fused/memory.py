@@ -65,6 +65,25 @@ class FusedMemory(nn.Module):
         bound = 1.0 / math.sqrt(self.dim)
         nn.init.uniform_(self.memory, -bound, bound)
 
+    @classmethod
+    def from_released(cls, weight: torch.Tensor, shrink_thres: float = 0.0025, **kwargs):
+        """A FusedMemory computing what the released MemAE code's MemModule computes (dot
+        similarity, temperature 1), holding that module's `memory.weight` (N x C)."""
+        kwargs.setdefault("similarity", "dot")
+        kwargs.setdefault("temperature", 1.0)
+        module = cls(weight.shape[0], weight.shape[1], shrink_thres=shrink_thres, **kwargs)
+        with torch.no_grad():
+            module.memory.copy_(weight)
+        return module
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of the released code's MemModule name the weight "<prefix>memory.weight"
+        # (a MemoryUnit inside): accept that name so FusedMemory loads them unchanged.
+        released = prefix + "memory.weight"
+        if released in state_dict and prefix + "memory" not in state_dict:
+            state_dict[prefix + "memory"] = state_dict.pop(released)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self):
         return (f"num_slots={self.num_slots}, dim={self.dim}, shrink_thres={self.shrink_thres:g}, "
                 f"similarity={self.similarity!r}, temperature={self.temperature:g}, "

@@ -48,7 +48,7 @@ def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 def _shrink(w, lam):
     """h = relu(w - lam)·w / (|w - lam| + eps), written for w > lam only."""
     u = w - lam
-    keep = u > 0
+    keep = (u > 0) | (u != u)  # a NaN weight is kept, so it propagates as in the reference
     return tl.where(keep, w * u / (u + 1e-12), 0.0), u, keep
 
 

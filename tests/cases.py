@@ -61,3 +61,19 @@ def draw_case(q, n, c, *, shrink_factor=2.0, similarity="cosine", temperature=0.
     w = weights(query, memory, similarity, temperature)
     lam = safe_threshold(w, shrink_factor / n) if shrink_factor else 0.0
     return query, memory, lam
+
+
+def check_against_reference(name, got, want, eager=None, rtol=1e-5, atol=1e-6):
+    """Below float64, judge a whole tensor: |got - want| <= rtol·|want| + atol·sqrt(numel)
+    (norms over the tensor), or at most twice the error of eager PyTorch in the same precision
+    (FlashAttention's criterion) where cancellation, in a near one-hot row say, makes that
+    larger. `want` is the float64 reference on the same (rounded) inputs."""
+    got = got.detach().double().cpu()
+    assert torch.isfinite(got).all(), f"{name}: not finite"
+    err = (got - want).norm().item()
+    bar = rtol * want.norm().item() + atol * want.numel() ** 0.5
+    if eager is not None:
+        eager_err = (eager.detach().double().cpu() - want).norm().item()
+        if eager_err == eager_err:  # eager float16 entropy is NaN: 1e-12 underflows in the log
+            bar = max(bar, 2 * eager_err)
+    assert err <= bar, f"{name}: error {err:.2e} > {bar:.2e} (|want| = {want.norm().item():.2e})"
