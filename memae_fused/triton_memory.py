@@ -23,7 +23,7 @@ sums combined with a few O((Q+N)·C) torch ops.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 import triton
@@ -319,22 +319,35 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
 # Launch planning
 
 
-def _tiles(c: int, interpret: bool):
-    """(BLOCK_Q, BLOCK_N, BLOCK_C, num_warps) for channel count c.
+class Tiles(NamedTuple):
+    block_q: int
+    block_n: int
+    num_warps: int
+    num_stages: int
 
-    The accumulators hold BLOCK_Q x BLOCK_C floats per program, so wide channels take fewer
-    query rows. These are starting points to be tuned on the device (bench/gpu_check.sh).
+
+def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device) -> Tiles:
+    """Tile shape and launch settings for one kernel ("forward", "backward_query",
+    "backward_memory") at padded channel count block_c.
+
+    Each program keeps one or two BLOCK x BLOCK_C float32 accumulators in registers, so wide
+    channels take smaller tiles. Provisional values, not yet measured on a GPU:
+    bench/tune_triton_tiles.py sweeps them on the device.
     """
-    block_c = max(16, triton.next_power_of_2(c))
-    if interpret:  # the interpreter runs whole tiles in numpy: larger is faster
-        return 32, 64, block_c, 4
-    if block_c <= 64:
-        return 128, 64, block_c, 4
-    if block_c <= 128:
-        return 64, 64, block_c, 4
-    if block_c <= 256:
-        return 64, 32, block_c, 8
-    return 32, 32, block_c, 8
+    if device.type == "cpu":  # the interpreter runs whole tiles in numpy: larger is faster
+        return Tiles(32, 64, 4, 1)
+    wide = block_c > 128
+    if kernel == "forward":
+        return Tiles(64, 32 if wide else 64, 8 if wide else 4, 2 if wide else 3)
+    if kernel == "backward_query":  # two accumulators (X, Y) plus the query and grad tiles
+        return Tiles(32 if wide else 64, 32 if wide else 64, 8 if wide else 4, 2)
+    return Tiles(32 if wide else 64, 32 if wide else 64, 8 if wide else 4, 2)  # backward_memory
+
+
+def _launch_meta(kernel, block_c, dtype, device, **constants):
+    tiles = tile_config(kernel, block_c, dtype, device)
+    return tiles, dict(BLOCK_Q=tiles.block_q, BLOCK_N=tiles.block_n, BLOCK_C=block_c,
+                       num_warps=tiles.num_warps, num_stages=tiles.num_stages, **constants)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -409,10 +422,14 @@ def _is_traced(t: torch.Tensor) -> bool:
     return is_fake(t) or isinstance(t, FunctionalTensor)
 
 
-def _common(query):
+def _dot_mode(query):
     interpret = query.device.type == "cpu"
     upcast = interpret and query.dtype in (torch.float16, torch.bfloat16)
-    return interpret, upcast, _dot_precision(query.dtype)
+    return dict(PREC=_dot_precision(query.dtype), UPCAST=upcast)
+
+
+def _block_c(c: int) -> int:
+    return max(16, triton.next_power_of_2(c))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,38 +444,37 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
     q, c = query.shape
     n = memory.shape[0]
     zq, mk = _keys(query, memory, cosine)
-    interpret, upcast, prec = _common(query)
-    block_q, block_n, block_c, warps = _tiles(c, interpret)
     acc_dtype = _acc_dtype(query.dtype)
     params = _params(temperature, shrink_thres, query.dtype, query.device)
     shrink = shrink_thres > 0
-    q_blocks = triton.cdiv(q, block_q)
+    tiles, meta = _launch_meta("forward", _block_c(c), query.dtype, query.device,
+                               SHARED_KV=not cosine, **_dot_mode(query))
+    block_n = tiles.block_n
+    q_blocks = triton.cdiv(q, tiles.block_q)
     splits = plan_splits(q_blocks, n, block_n, query.device)
     n_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
     splits = triton.cdiv(n, n_per_split)
-    meta = dict(BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec, UPCAST=upcast,
-                SHARED_KV=not cosine, num_warps=warps)
 
     read = torch.empty_like(query)
     entropy = query.new_empty((q,))
     stats = torch.empty((3, q), dtype=acc_dtype, device=query.device)
     if splits == 1:
         _launch(_fwd_kernel, (q_blocks, 1),
-            zq, mk, memory, stats, read, entropy, stats, stats, stats, params, q, n, c, n,
-            SHRINK=shrink, SPLIT=False, **meta)
+                zq, mk, memory, stats, read, entropy, stats, stats, stats, params, q, n, c, n,
+                SHRINK=shrink, SPLIT=False, **meta)
         return read, entropy, stats
 
     part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
     part_sum = torch.empty_like(part_max)
     _launch(_lse_partial_kernel, (q_blocks, splits),
-        zq, mk, part_max, part_sum, params, q, n, c, n_per_split, **meta)
+            zq, mk, part_max, part_sum, params, q, n, c, n_per_split, **meta)
     top = part_max.amax(dim=0)
     lse = top + torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
     part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
     part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
     _launch(_fwd_kernel, (q_blocks, splits),
-        zq, mk, memory, lse, read, entropy, stats, part_acc, part_stats, params,
-        q, n, c, n_per_split, SHRINK=shrink, SPLIT=True, **meta)
+            zq, mk, memory, lse, read, entropy, stats, part_acc, part_stats, params,
+            q, n, c, n_per_split, SHRINK=shrink, SPLIT=True, **meta)
     acc = part_acc.sum(dim=0)
     sum_h, sum_hlogh, sum_third = part_stats.sum(dim=1)
     if shrink:
@@ -487,29 +503,28 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     q, c = query.shape
     n = memory.shape[0]
     zq, mk = _keys(query, memory, cosine)
-    interpret, upcast, prec = _common(query)
-    block_q, block_n, block_c, warps = _tiles(c, interpret)
     acc_dtype = _acc_dtype(query.dtype)
     params = _params(temperature, shrink_thres, query.dtype, query.device)
     shrink = shrink_thres > 0
-    meta = dict(BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec, UPCAST=upcast,
-                SHARED_KV=not cosine, num_warps=warps)
+    constants = dict(SHRINK=shrink, SHARED_KV=not cosine, **_dot_mode(query))
 
     gam = grad_entropy.to(acc_dtype).contiguous()
     # D = sum_j a_j dL/da_j, from the outputs (docs/algorithm.md).
     d_row = ((grad_read.to(acc_dtype) * read.to(acc_dtype)).sum(dim=1)
              + gam * (entropy.to(acc_dtype) - stats[2])).contiguous()
 
-    q_blocks = triton.cdiv(q, block_q)
-    splits = plan_splits(q_blocks, n, block_n, query.device)
-    n_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    tiles, meta = _launch_meta("backward_query", _block_c(c), query.dtype, query.device,
+                               **constants)
+    q_blocks = triton.cdiv(q, tiles.block_q)
+    splits = plan_splits(q_blocks, n, tiles.block_n, query.device)
+    n_per_split = triton.cdiv(triton.cdiv(n, splits), tiles.block_n) * tiles.block_n
     splits = triton.cdiv(n, n_per_split)
     part_x = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
     part_y = torch.empty_like(part_x) if shrink else part_x
     part_r = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
     _launch(_bwd_query_kernel, (q_blocks, splits),
-        zq, mk, memory, grad_read, gam, stats, d_row, part_x, part_y, part_r, params,
-        q, n, c, n_per_split, SHRINK=shrink, **meta)
+            zq, mk, memory, grad_read, gam, stats, d_row, part_x, part_y, part_r, params,
+            q, n, c, n_per_split, **meta)
     if shrink:
         r_row = part_r.sum(dim=0)
         grad_zq = (part_x.sum(dim=0) - r_row[:, None] * part_y.sum(dim=0)) / temperature
@@ -517,15 +532,17 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
         r_row = d_row
         grad_zq = part_x.sum(dim=0) / temperature
 
-    n_blocks = triton.cdiv(n, block_n)
-    q_splits = plan_splits(n_blocks, q, block_q, query.device)
-    q_per_split = triton.cdiv(triton.cdiv(q, q_splits), block_q) * block_q
+    tiles, meta = _launch_meta("backward_memory", _block_c(c), query.dtype, query.device,
+                               **constants)
+    n_blocks = triton.cdiv(n, tiles.block_n)
+    q_splits = plan_splits(n_blocks, q, tiles.block_q, query.device)
+    q_per_split = triton.cdiv(triton.cdiv(q, q_splits), tiles.block_q) * tiles.block_q
     q_splits = triton.cdiv(q, q_per_split)
     part_dmk = torch.empty((q_splits, n, c), dtype=acc_dtype, device=query.device)
     part_dmv = torch.empty_like(part_dmk)
     _launch(_bwd_memory_kernel, (n_blocks, q_splits),
-        zq, mk, memory, grad_read, gam, stats, d_row, r_row.contiguous(), part_dmk, part_dmv,
-        params, q, n, c, q_per_split, SHRINK=shrink, **meta)
+            zq, mk, memory, grad_read, gam, stats, d_row, r_row.contiguous(), part_dmk,
+            part_dmv, params, q, n, c, q_per_split, **meta)
     grad_mk = part_dmk.sum(dim=0)
     grad_mv = part_dmv.sum(dim=0)
     if cosine:

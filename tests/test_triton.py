@@ -157,3 +157,13 @@ def test_compile_fullgraph_captures_the_op():
     torch.testing.assert_close(out.output, want.output)
     out.output.sum().backward()
     assert mod.memory.grad is not None
+
+
+@pytest.mark.parametrize("block_q,block_n", [(16, 16), (64, 32), (32, 128)])
+def test_other_tile_shapes(monkeypatch, block_q, block_n):
+    # The GPU's tile shapes differ from the interpreter's: masking must hold for any of them.
+    monkeypatch.setattr(triton_memory, "tile_config",
+                        lambda kernel, block_c, dtype, device:
+                        triton_memory.Tiles(block_q, block_n, 4, 1))
+    want, got, _ = run_both(70, 150, 24, similarity="dot", shrink_factor=2.0, dtype=torch.float64)
+    assert_matches(want, got, **TOL[torch.float64])
