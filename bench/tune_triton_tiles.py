@@ -1,0 +1,90 @@
+"""Sweep the Triton kernels' tile shapes on a GPU and print the fastest per kernel.
+
+    python3 bench/tune_triton_tiles.py [--out results.json] [--quick]
+
+Each kernel ("forward", "backward_query", "backward_memory") is swept on its own while the
+other two keep memae_fused.triton_memory.tile_config's current choice; the forward is timed
+alone, a backward kernel by timing the whole backward. Results feed tile_config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+
+import torch
+import triton.testing
+
+from memae_fused import triton_memory
+
+SHAPES = [(16384, 2000, 256), (4096, 100000, 256)]
+KERNELS = ("forward", "backward_query", "backward_memory")
+
+
+def candidates(quick: bool):
+    sizes = (32, 64) if quick else (32, 64, 128)
+    for block_q, block_n, warps, stages in itertools.product(sizes, sizes, (4, 8), (2, 3)):
+        yield triton_memory.Tiles(block_q, block_n, warps, stages)
+
+
+def time_kernel(kernel, tiles, q, n, c, dtype):
+    default = triton_memory.tile_config
+
+    def patched(name, block_c, dt, device):
+        return tiles if name == kernel else default(name, block_c, dt, device)
+
+    triton_memory.tile_config = patched
+    try:
+        query = torch.randn(q, c, device="cuda", dtype=dtype)
+        memory = torch.randn(n, c, device="cuda", dtype=dtype) * 0.1
+        args = (query, memory, 1.0 / n, True, 0.05)
+        read, entropy, stats = triton_memory.triton_memory_read_fwd(*args)
+        if kernel == "forward":
+            fn = lambda: triton_memory.triton_memory_read_fwd(*args)  # noqa: E731
+        else:
+            grad_read, grad_ent = torch.randn_like(read), torch.randn_like(entropy)
+            fn = lambda: triton_memory.triton_memory_read_bwd(  # noqa: E731
+                grad_read, grad_ent, query, memory, read, entropy, stats, 1.0 / n, True, 0.05)
+        return triton.testing.do_bench(fn, warmup=10, rep=40)
+    finally:
+        triton_memory.tile_config = default
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", help="write all timings here as JSON")
+    parser.add_argument("--quick", action="store_true", help="fewer candidates, bf16 only")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no GPU: nothing to tune", file=sys.stderr)
+        return 1
+    dtypes = (torch.bfloat16,) if args.quick else (torch.bfloat16, torch.float32)
+    rows = []
+    for (q, n, c), dtype, kernel in itertools.product(SHAPES, dtypes, KERNELS):
+        default = triton_memory.tile_config(kernel, c, dtype, torch.device("cuda"))
+        best = None
+        for tiles in candidates(args.quick):
+            try:
+                ms = time_kernel(kernel, tiles, q, n, c, dtype)
+            except Exception as exc:  # out of shared memory or registers: not a candidate
+                print(f"  skip {kernel} {tuple(tiles)}: {type(exc).__name__}", file=sys.stderr)
+                continue
+            rows.append(dict(kernel=kernel, q=q, n=n, c=c, dtype=str(dtype), tiles=list(tiles),
+                             ms=ms, default=tiles == default))
+            if best is None or ms < best[1]:
+                best = (tiles, ms)
+        default_ms = next((r["ms"] for r in rows if r["default"] and r["kernel"] == kernel
+                           and (r["q"], r["n"], r["dtype"]) == (q, n, str(dtype))), float("nan"))
+        print(f"{kernel:16s} ({q},{n},{c}) {str(dtype):15s} best {tuple(best[0])} "
+              f"{best[1]:.3f} ms; current {tuple(default)} {default_ms:.3f} ms", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "triton": triton.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
