@@ -55,7 +55,9 @@ def extensions():
         return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-fopenmp"]
+    # -fno-trapping-math (as PyTorch builds): lets GCC vectorise the CPU kernel's loops that
+    # select on a division's result.
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"],
                   py_limited_api=True)
     if want_cuda():
