@@ -1,0 +1,1 @@
+"""Benchmarks of memae_fused (pytest bench/); see bench/results/README.md."""

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Build, test and benchmark everything GPU-related in one call, then print a short table.
+#
+#   bench/gpu_check.sh            (from anywhere in the repo; uses the python3 on PATH)
+#
+# Writes to $OUT (default .benchmarks/gpu_check-<time>, ignored by git): gpu_check.log (all
+# output), bench-sweep.json and bench-perf.json (pytest-benchmark), and the report
+# <date>-cuda-<gpu>.md/.png/.json, which is what goes to bench/results/.
+# Finishes in about GPU_CHECK_SECONDS (default 500): the benchmarks get what the build and the
+# tests leave, and skip the cases they have no time for (listed as skipped in the log).
+#
+# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (500), TORCH_CUDA_ARCH_LIST (9.0),
+# GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
+# GPU_CHECK_SKIP_BUILD=1 (use the extension as built), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry
+# run of this script in bench fast mode, for checking the script itself).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT=${OUT:-.benchmarks/gpu_check-$(date -u +%Y%m%dT%H%M%S)}
+TOTAL_S=${GPU_CHECK_SECONDS:-500}
+TEST_FILTER=${GPU_CHECK_TESTS-triton or cuda or cpp or build or backend}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+STATUS=()
+
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# run_step NAME CMD...: run, log, and record the exit status and duration.
+run_step() {
+  local name=$1 t0 rc
+  shift
+  t0=$(date +%s)
+  echo
+  echo "=== [$(elapsed)s] $name: $*"
+  "$@"
+  rc=$?
+  STATUS+=("$(printf '%-8s %-4s %4ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
+  return $rc
+}
+
+main() {
+  local bench_args=() has_gpu
+  echo "gpu_check: $(date -u +%FT%TZ) in $PWD, output in $OUT"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  fi
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
+  "$PY" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+try:
+    import triton; print("triton", triton.__version__)
+except ImportError:
+    print("triton: not installed")
+try:
+    import pytest_benchmark; print("pytest-benchmark", pytest_benchmark.__version__)
+except ImportError:
+    print("pytest-benchmark: NOT INSTALLED (benchmarks will fail)")
+EOF
+  has_gpu=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+  if [ "$has_gpu" != 1 ]; then
+    if [ "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
+      echo "gpu_check: torch sees no GPU; set GPU_CHECK_ALLOW_CPU=1 for a CPU dry run" >&2
+      return 2
+    fi
+    echo "gpu_check: no GPU: dry run on the CPU, benchmarks in fast mode"
+    bench_args+=(--bench-fast)
+  fi
+
+  if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
+    run_step build env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+      MEMAE_FUSED_CUDA="${MEMAE_FUSED_CUDA:-$has_gpu}" MAX_JOBS="${MAX_JOBS:-16}" \
+      timeout 360 "$PY" setup.py build_ext --inplace
+  fi
+  run_step backends "$PY" -c "
+import torch, memae_fused
+from memae_fused import backends
+dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+print('available on', dev, ':', memae_fused.available_backends(dev))
+for name in backends.BACKENDS:
+    reason = backends.unavailable_reason(name, dev)
+    if reason: print(' ', name, 'unavailable:', reason)
+"
+
+  local test_k=()
+  [ -n "$TEST_FILTER" ] && test_k=(-k "$TEST_FILTER")
+  run_step tests timeout 240 "$PY" -m pytest tests -q -x -p no:cacheprovider "${test_k[@]}"
+
+  # Benchmarks: the sweep (for the plot) gets a third of the time left, the shapes the rest.
+  local left sweep_s perf_s
+  left=$(( TOTAL_S - $(elapsed) - 30 ))
+  [ $left -lt 60 ] && left=60
+  sweep_s=$(( left / 3 ))
+  run_step sweep timeout -s INT $(( sweep_s + 120 )) "$PY" -m pytest bench -q -p no:cacheprovider \
+    -k test_sweep "${bench_args[@]}" --bench-budget "$sweep_s" \
+    --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
+  left=$(( TOTAL_S - $(elapsed) - 30 ))
+  perf_s=$(( left < 60 ? 60 : left ))
+  run_step perf timeout -s INT $(( perf_s + 120 )) "$PY" -m pytest bench -q -p no:cacheprovider \
+    -k test_perf "${bench_args[@]}" --bench-budget "$perf_s" \
+    --benchmark-json "$OUT/bench-perf.json" --benchmark-columns=median,iqr,rounds
+
+  echo
+  run_step report "$PY" bench/report.py "$OUT/bench-sweep.json" "$OUT/bench-perf.json" \
+    --out-dir "$OUT" --summary
+  echo
+  echo "=== gpu_check steps (total $(elapsed)s):"
+  printf '  %s\n' "${STATUS[@]}"
+  echo "files in $OUT:"
+  ls -1 "$OUT" | sed 's/^/  /'
+  for s in "${STATUS[@]}"; do
+    case "$s" in *rc=*) return 1 ;; esac
+  done
+  return 0
+}
+
+main 2>&1 | tee "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,333 @@
+"""Turn pytest-benchmark JSON from bench/ into a markdown report and a plot against N.
+
+  python bench/report.py RUN.json [MORE.json ...] --out-dir bench/results [--summary]
+
+writes <stem>.md (tables of ratios), <stem>.png (time and peak memory against N from the
+sweep; needs matplotlib) and <stem>.json (the input runs merged), where <stem> is
+<date>-<device>-<device name>. --md/--png/--json name the files explicitly instead;
+--summary prints a short table; --stem prints the stem only.
+
+Ratios are of median times. "x eager" and "x compile": the case's speed-up over the eager
+reference and over its torch.compile. "of SDPA": SDPA's time over the case's (1.0 = as fast as
+the attention ceiling). TFLOP/s count the same model FLOPs for every case (forward 2, backward
+4, full 6, in units of 2*Q*N*C), not what each implementation executes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections import OrderedDict
+
+CASE_ORDER = ["eager", "compile", "triton", "cuda", "cpp", "sdpa"]
+CASE_LABELS = {"eager": "eager python_ref", "compile": "torch.compile(python_ref)",
+               "triton": "triton", "cuda": "cuda", "cpp": "cpp", "sdpa": "SDPA (ceiling)"}
+MODE_ORDER = ["forward", "backward", "full"]
+
+# Dense tensor-core peaks (TFLOP/s) from the vendor data sheets: bf16, and TF32 for float32.
+# Matched by substring of the device name, most specific first.
+GPU_PEAK_TFLOPS = [
+    ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
+    ("H100 NVL", {"bfloat16": 835.0, "float32": 418.0}),
+    ("H100", {"bfloat16": 989.4, "float32": 494.7}),
+    ("H200", {"bfloat16": 989.4, "float32": 494.7}),
+    ("A100", {"bfloat16": 312.0, "float32": 156.0}),
+]
+
+
+def load_runs(paths):
+    """(machine_info, commit_info, datetime, benchmarks) merged over the files, in order."""
+    runs = [json.load(open(p)) for p in paths]
+    if not runs:
+        raise SystemExit("no input files")
+    benchmarks = [b for r in runs for b in r.get("benchmarks", []) if "case" in b.get("extra_info", {})]
+    first = runs[0]
+    return first.get("machine_info", {}), first.get("commit_info", {}), first.get("datetime", ""), benchmarks
+
+
+def slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
+
+
+def stem_of(machine_info, when):
+    info = machine_info.get("memae_bench", {})
+    name = info.get("device_name") or machine_info.get("cpu", {}).get("brand_raw", "unknown")
+    fast = "-fast" if info.get("fast") else ""
+    return f"{when[:10] or 'undated'}-{info.get('device', 'unknown')}-{slug(name)}{fast}"
+
+
+def peak_tflops(machine_info, dtype):
+    """(peak TFLOP/s, description) for the report's '% of peak' column."""
+    info = machine_info.get("memae_bench", {})
+    if info.get("device") == "cuda":
+        name = info.get("device_name", "")
+        for key, peaks in GPU_PEAK_TFLOPS:
+            if key in name and dtype in peaks:
+                kind = "bf16" if dtype == "bfloat16" else "TF32"
+                return peaks[dtype], f"{name} dense {kind} tensor-core peak (data sheet)"
+    measured = info.get("matmul_tflops", {}).get(dtype)
+    if measured:
+        size = info.get("matmul_size")
+        return measured, f"measured torch.mm rate, {size}x{size}x{size} {dtype}"
+    return None, "no peak known"
+
+
+def fmt_time(seconds):
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_ratio(x):
+    return "-" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
+
+
+def fmt_mib(nbytes):
+    if nbytes is None:
+        return "n/a"
+    return f"{nbytes / 2**20:.0f}" if abs(nbytes) >= 10 * 2**20 else f"{nbytes / 2**20:.2f}"
+
+
+def index(benchmarks, sweep):
+    """{(device, dtype, q, n, c): {mode: {case: benchmark}}} in a stable order."""
+    table = OrderedDict()
+    for b in benchmarks:
+        e = b["extra_info"]
+        if bool(e.get("sweep")) != sweep:
+            continue
+        key = (e["device"], e["dtype"], e["q"], e["n"], e["c"])
+        table.setdefault(key, {}).setdefault(e["mode"], {})[e["case"]] = b
+    return table
+
+
+def ordered_cases(cases):
+    return [c for c in CASE_ORDER if c in cases] + sorted(c for c in cases if c not in CASE_ORDER)
+
+
+def row_values(b, by_case, peak):
+    median = b["stats"]["median"]
+    e = b["extra_info"]
+
+    def speedup(other):
+        return by_case[other]["stats"]["median"] / median if other in by_case else None
+
+    tflops = e["model_flops"] / median / 1e12
+    return {
+        "median": median,
+        "iqr": b["stats"].get("iqr"),
+        "rounds": b["stats"].get("rounds"),
+        "x_eager": speedup("eager"),
+        "x_compile": speedup("compile"),
+        "of_sdpa": speedup("sdpa"),
+        "tflops": tflops,
+        "pct_peak": 100 * tflops / peak if peak else None,
+        "peak_mem": e.get("peak_mem_bytes"),
+    }
+
+
+def machine_lines(machine_info, commit_info, when):
+    info = machine_info.get("memae_bench", {})
+    lines = [f"- Date: {when}", f"- Device: {info.get('device')}: {info.get('device_name')}"]
+    if info.get("device") == "cuda":
+        lines.append(f"- GPU: {info.get('sm_count')} SMs, capability {info.get('capability')}, "
+                     f"{info.get('gpu_memory_gib')} GiB, L2 {info.get('l2_cache_mib')} MiB, "
+                     f"driver {info.get('driver')}; TF32 matmul in torch: {info.get('allow_tf32_matmul')}")
+    lines.append(f"- Host CPU: {info.get('cpu_name')}, {info.get('cpu_count')} logical CPUs; "
+                 f"torch threads {info.get('threads')} (inter-op {info.get('interop_threads')}); "
+                 f"load average at the end (1/5/15 min): {info.get('loadavg_at_end')}")
+    lines.append(f"- Software: Python {machine_info.get('python_version')}, torch {info.get('torch')} "
+                 f"(CUDA {info.get('torch_cuda')}), triton {info.get('triton')}; "
+                 f"{machine_info.get('system')} {machine_info.get('release')}")
+    lines.append(f"- Measured torch.mm rate: " + ", ".join(
+        f"{d} {v} TFLOP/s" for d, v in info.get("matmul_tflops", {}).items())
+        + f" ({info.get('matmul_size')}^3)")
+    lines.append(f"- Problem: similarity {info.get('similarity')}, temperature {info.get('temperature')}, "
+                 f"shrink_thres {info.get('shrink_thres')}; fast mode: {info.get('fast')}")
+    if commit_info:
+        lines.append(f"- Commit: {commit_info.get('id', '?')[:12]} on {commit_info.get('branch')}"
+                     f"{' (dirty working tree)' if commit_info.get('dirty') else ''}")
+    return lines
+
+
+def perf_markdown(machine_info, benchmarks):
+    out = []
+    for (device, dtype, q, n, c), modes in index(benchmarks, sweep=False).items():
+        peak, peak_desc = peak_tflops(machine_info, dtype)
+        out += [f"### {device} {dtype}, Q={q}, N={n}, C={c}", ""]
+        out += ["| mode | case | median ms | IQR ms | rounds | x eager | x compile | of SDPA "
+                "| model TFLOP/s | % of peak | peak MiB |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for mode in [m for m in MODE_ORDER if m in modes]:
+            by_case = modes[mode]
+            for case in ordered_cases(by_case):
+                v = row_values(by_case[case], by_case, peak)
+                pct = "-" if v["pct_peak"] is None else f"{v['pct_peak']:.1f}"
+                out.append(
+                    f"| {mode} | {CASE_LABELS.get(case, case)} | {fmt_time(v['median'])} "
+                    f"| {fmt_time(v['iqr'])} | {v['rounds']} | {fmt_ratio(v['x_eager'])} "
+                    f"| {fmt_ratio(v['x_compile'])} | {fmt_ratio(v['of_sdpa'])} "
+                    f"| {v['tflops']:.3g} | {pct} | {fmt_mib(v['peak_mem'])} |")
+        out += ["", f"Peak for '% of peak': {peak} TFLOP/s, {peak_desc}.", ""]
+    return out
+
+
+def sweep_series(benchmarks):
+    """{(device, dtype, q, c, mode): {case: [(n, median_s, peak_bytes)]}}."""
+    series = OrderedDict()
+    for (device, dtype, q, n, c), modes in index(benchmarks, sweep=True).items():
+        for mode, by_case in modes.items():
+            for case, b in by_case.items():
+                series.setdefault((device, dtype, q, c, mode), {}).setdefault(case, []).append(
+                    (n, b["stats"]["median"], b["extra_info"].get("peak_mem_bytes")))
+    for by_case in series.values():
+        for points in by_case.values():
+            points.sort()
+    return series
+
+
+def sweep_markdown(benchmarks):
+    out = []
+    for (device, dtype, q, c, mode), by_case in sweep_series(benchmarks).items():
+        cases = ordered_cases(by_case)
+        ns = sorted({n for pts in by_case.values() for n, _, _ in pts})
+        out += [f"### Sweep over N: {device} {dtype}, Q={q}, C={c}, {mode}", "",
+                "median ms / peak MiB", "",
+                "| N | " + " | ".join(CASE_LABELS.get(k, k) for k in cases) + " |",
+                "|---:|" + "---:|" * len(cases)]
+        for n in ns:
+            cells = []
+            for k in cases:
+                hit = [(t, m) for nn, t, m in by_case[k] if nn == n]
+                cells.append(f"{fmt_time(hit[0][0])} / {fmt_mib(hit[0][1])}" if hit else "-")
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name):
+    lines = ["# memae-fused benchmarks", ""] + machine_lines(machine_info, commit_info, when) + [""]
+    lines += [
+        "Median of the timed rounds (host clock, synchronised). Modes: forward (inputs require "
+        "grad), backward (after an untimed forward), full (forward + backward). Ratios: "
+        "x eager / x compile = speed-up over eager python_ref / over its torch.compile; "
+        "of SDPA = SDPA time / case time. Model TFLOP/s count forward 2, backward 4, full 6 "
+        "units of 2·Q·N·C for every case. Peak MiB: peak memory above what was allocated "
+        "before the call (see bench/results/README.md for how it is measured).", ""]
+    perf = perf_markdown(machine_info, benchmarks)
+    if perf:
+        lines += ["## Performance shapes", ""] + perf
+    sweep = sweep_markdown(benchmarks)
+    if sweep:
+        lines += ["## Scaling with N", ""]
+        if png_name:
+            lines += [f"![time and peak memory against N]({png_name})", ""]
+        lines += sweep
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines).rstrip() + "\n")
+
+
+def write_plot(path, benchmarks):
+    """Time and peak memory against N for every sweep mode; False when nothing to plot."""
+    series = sweep_series(benchmarks)
+    if not series:
+        return False
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is not installed; no plot written", file=sys.stderr)
+        return False
+    keys = list(series)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 4 * len(keys)), squeeze=False)
+    for row, key in enumerate(keys):
+        device, dtype, q, c, mode = key
+        for case in ordered_cases(series[key]):
+            pts = series[key][case]
+            ns = [p[0] for p in pts]
+            axes[row][0].plot(ns, [p[1] * 1e3 for p in pts], marker="o", label=CASE_LABELS.get(case, case))
+            mem = [(n, m / 2**20) for n, _, m in pts if m is not None and m > 0]
+            if mem:
+                axes[row][1].plot([m[0] for m in mem], [m[1] for m in mem], marker="o",
+                                  label=CASE_LABELS.get(case, case))
+        for col, ylabel in enumerate(["median time (ms)", "peak memory above inputs (MiB)"]):
+            ax = axes[row][col]
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("memory slots N")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{device} {dtype} Q={q} C={c}, {mode}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def print_summary(benchmarks, file=sys.stdout):
+    """One line per (shape, dtype, mode): each case's median ms and speed-up over eager."""
+    rows = []
+    for sweep in (False, True):
+        for (device, dtype, q, n, c), modes in index(benchmarks, sweep).items():
+            for mode in [m for m in MODE_ORDER if m in modes]:
+                by_case = modes[mode]
+                cells = []
+                for case in ordered_cases(by_case):
+                    v = row_values(by_case[case], by_case, None)
+                    x = f" x{fmt_ratio(v['x_eager'])}" if case != "eager" and v["x_eager"] else ""
+                    cells.append(f"{case} {fmt_time(v['median'])}{x}")
+                tag = "sweep " if sweep else ""
+                rows.append(f"{tag}{device} {dtype:8s} {q}x{n}x{c} {mode:8s} | " + " | ".join(cells))
+    print("median ms (x speed-up over eager):", file=file)
+    for r in rows:
+        print("  " + r, file=file)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json files")
+    ap.add_argument("--out-dir", help="write <stem>.md, <stem>.png and <stem>.json here")
+    ap.add_argument("--md")
+    ap.add_argument("--png")
+    ap.add_argument("--json-out", dest="json_out")
+    ap.add_argument("--summary", action="store_true", help="print a short table")
+    ap.add_argument("--stem", action="store_true", help="print the file stem and exit")
+    args = ap.parse_args(argv)
+
+    paths = [p for p in args.json if os.path.exists(p)]
+    for p in set(args.json) - set(paths):
+        print(f"report: {p} does not exist; skipped", file=sys.stderr)
+    machine_info, commit_info, when, benchmarks = load_runs(paths)
+    stem = stem_of(machine_info, when)
+    if args.stem:
+        print(stem)
+        return 0
+    md, png, merged = args.md, args.png, args.json_out
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        md = md or os.path.join(args.out_dir, stem + ".md")
+        png = png or os.path.join(args.out_dir, stem + ".png")
+        merged = merged or os.path.join(args.out_dir, stem + ".json")
+    if merged:
+        with open(merged, "w") as fh:
+            json.dump({"machine_info": machine_info, "commit_info": commit_info, "datetime": when,
+                       "benchmarks": benchmarks}, fh, indent=1)
+    png_written = bool(png) and write_plot(png, benchmarks)
+    if md:
+        png_name = os.path.relpath(png, os.path.dirname(os.path.abspath(md))) if png_written else None
+        write_markdown(md, machine_info, commit_info, when, benchmarks, png_name)
+    for path in (md, png if png_written else None, merged):
+        if path:
+            print(f"report: wrote {path}")
+    if args.summary:
+        print_summary(benchmarks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The benchmark suite (bench/) in fast mode, so that it cannot rot: every case runs with tiny
+shapes and 2 rounds, pytest-benchmark writes its JSON, and the report turns it into markdown."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_suite_fast_mode_and_report(tmp_path):
+    pytest.importorskip("pytest_benchmark")
+    run_json = tmp_path / "run.json"
+    env = dict(os.environ, BENCH_FAST="1")
+    bench = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
+         f"--benchmark-json={run_json}", "--benchmark-columns=median,rounds"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert bench.returncode == 0, bench.stdout[-6000:] + bench.stderr[-3000:]
+
+    benchmarks = json.loads(run_json.read_text())["benchmarks"]
+    cases = {b["extra_info"]["case"] for b in benchmarks}
+    assert {"eager", "compile"} <= cases
+    assert {b["extra_info"]["mode"] for b in benchmarks} == {"forward", "backward", "full"}
+    assert any(b["extra_info"]["sweep"] for b in benchmarks)
+    for b in benchmarks:
+        assert b["stats"]["rounds"] >= 2 and b["stats"]["median"] > 0
+        assert b["extra_info"]["model_flops"] > 0
+        assert "peak_mem_bytes" in b["extra_info"]
+
+    out = tmp_path / "report"
+    report = subprocess.run(
+        [sys.executable, "bench/report.py", str(run_json), "--out-dir", str(out), "--summary"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    (md,) = out.glob("*.md")
+    text = md.read_text()
+    assert "| forward | eager python_ref |" in text and "Scaling with N" in text
+    assert "median ms" in report.stdout
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert len(list(out.glob("*.png"))) == 1
