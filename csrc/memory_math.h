@@ -24,7 +24,8 @@ constexpr double kSumEps = 1e-12;     // h / max(sum h, eps)
 constexpr double kLogEps = 1e-12;     // a * log(a + eps)
 constexpr double kNormEps = 1e-12;    // z / max(|z|, eps)
 
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)
+// Device (and the host side of .cu files, which never runs the row math): CUDA's expf/logf.
 MEMAE_HD float exp_(float x) { return ::expf(x); }
 MEMAE_HD float log_(float x) { return ::logf(x); }
 #else

@@ -225,8 +225,9 @@ CUDA_SHAPES = [
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("shrink_factor", [0.0, 2.0])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5),
-                                       (torch.bfloat16, 2e-2), (torch.float16, 1e-2)],
+# float16/bfloat16 run on tensor cores with the weights tiles rounded to the input dtype.
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-5),
+                                       (torch.bfloat16, 3e-2), (torch.float16, 1e-2)],
                          ids=["f64", "f32", "bf16", "f16"])
 def test_cuda_matches_reference(shape, similarity, shrink_factor, dtype, tol):
     query, memory, lam = draw_safe(*shape, shrink_factor=shrink_factor, similarity=similarity,

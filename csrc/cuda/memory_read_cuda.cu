@@ -1,0 +1,828 @@
+// CUDA kernels of memae_fused::memory_read_fwd / memory_read_bwd (docs/algorithm.md).
+//
+// Every kernel owns kRows rows (queries, or memory slots for the memory-major backward) and a
+// chunk of kCols output channels (grid.y), and sweeps the other side in tiles of kSweep. Per
+// tile it computes the logits S = A B^T (and in the backward G = g mv^T) over C in chunks of
+// kChunkK, applies the per-element math of memory_math.h in shared memory, and accumulates
+// O += P V with P the kRows x kSweep tile just computed. Tile products run on tensor cores
+// (WMMA, fp32 accumulation) for float16/bfloat16 and on FFMA for float32/float64.
+//   forward:        sweep 1 online logsumexp L; sweep 2 h (or w), read += h mv, entropy and A'
+//                   accumulators; read /= max(S, eps).
+//   query-major:    per query row, X += w (dw - c) mk and Y += w mk, R' = sum w (dw - c) /
+//                   sum w, so d zq = scale (X - R' Y) in one sweep; c = D for lam = 0 (then
+//                   R' ~ 0, which keeps low-precision P tiles well conditioned), else 0.
+//   memory-major:   per memory slot, d mk += scale w (dw - R) zq and d mv += a g over the
+//                   queries, with each query's L, S, D, R known: no atomics, deterministic.
+// A C wider than kCols costs one redundant logits pass per extra column chunk.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuSPARSE headers
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+
+#include "memory_math.h"
+#include "memory_read_common.h"
+
+namespace memae_fused {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRows = 32;     // owned rows per CTA
+constexpr int kSweep = 64;    // swept rows per tile
+constexpr int kChunkK = 32;   // channels per logits chunk
+constexpr int kGroup = 8;     // threads per row in the element-wise phase
+constexpr int kPerThread = kSweep / kGroup;
+static_assert(kRows * kGroup == kThreads, "one row per group of kGroup threads");
+
+// ------------------------------------------------------------------ types and conversions
+
+template <typename T>
+struct Native {
+  using type = T;
+};
+template <>
+struct Native<at::Half> {
+  using type = __half;
+};
+template <>
+struct Native<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T>
+struct Convert;
+template <>
+struct Convert<float> {
+  using acc_t = float;
+  __device__ static float to_acc(float x) { return x; }
+  __device__ static float from_acc(float x) { return x; }
+};
+template <>
+struct Convert<double> {
+  using acc_t = double;
+  __device__ static double to_acc(double x) { return x; }
+  __device__ static double from_acc(double x) { return x; }
+};
+template <>
+struct Convert<__half> {
+  using acc_t = float;
+  __device__ static float to_acc(__half x) { return __half2float(x); }
+  __device__ static __half from_acc(float x) { return __float2half(x); }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  using acc_t = float;
+  __device__ static float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 from_acc(float x) { return __float2bfloat16(x); }
+};
+
+// Row padding of shared tiles: 16 bytes (keeps WMMA's ldm rules and breaks bank conflicts).
+template <typename T>
+constexpr int pad_of() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+template <typename T>
+__device__ __forceinline__ T group_sum(T v) {
+#pragma unroll
+  for (int offset = 1; offset < kGroup; offset *= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+template <typename T>
+__device__ __forceinline__ T group_max(T v) {
+#pragma unroll
+  for (int offset = 1; offset < kGroup; offset *= 2) {
+    const T other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = other > v ? other : v;
+  }
+  return v;
+}
+
+// -------------------------------------------------------------------------- tile engines
+// An engine holds per-thread accumulators for the logits tile (kRows x kSweep) and for an
+// output tile (kRows x kCols), and multiplies shared-memory tiles into them:
+//   mma_nt: S += A B^T, A (kRows x kChunkK) and B (kSweep x kChunkK) row-major;
+//   mma_nn: O += P V, P (kRows x kSweep) and V (kSweep x kCols) row-major.
+
+// float32/float64 on CUDA cores: thread (ty, tx) of a 16 x 16 grid owns rows 2ty, 2ty + 1
+// and columns tx + 16j.
+template <typename T, int kCols>
+struct FmaEngine {
+  using acc_t = T;
+  using p_t = T;
+  static constexpr int kSCols = kSweep / 16;
+  static constexpr int kOCols = kCols / 16;
+  struct SAcc {
+    acc_t v[2][kSCols];
+  };
+  struct OAcc {
+    acc_t v[2][kOCols];
+  };
+
+  __device__ static void zero(SAcc& acc) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < kSCols; ++j) acc.v[i][j] = acc_t(0);
+  }
+  __device__ static void zero(OAcc& acc) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < kOCols; ++j) acc.v[i][j] = acc_t(0);
+  }
+  __device__ static void mma_nt(SAcc& acc, const T* a, int lda, const T* b, int ldb) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll 4
+    for (int k = 0; k < kChunkK; ++k) {
+      acc_t av[2], bv[kSCols];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) av[i] = a[(2 * ty + i) * lda + k];
+#pragma unroll
+      for (int j = 0; j < kSCols; ++j) bv[j] = b[(tx + 16 * j) * ldb + k];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < kSCols; ++j) acc.v[i][j] += av[i] * bv[j];
+    }
+  }
+  __device__ static void mma_nn(OAcc& acc, const p_t* p, int ldp, const T* v, int ldv) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll 4
+    for (int k = 0; k < kSweep; ++k) {
+      acc_t pv[2], vv[kOCols];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) pv[i] = p[(2 * ty + i) * ldp + k];
+#pragma unroll
+      for (int j = 0; j < kOCols; ++j) vv[j] = v[k * ldv + tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < kOCols; ++j) acc.v[i][j] += pv[i] * vv[j];
+    }
+  }
+  __device__ static void store(const SAcc& acc, acc_t* s, int lds) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < kSCols; ++j) s[(2 * ty + i) * lds + tx + 16 * j] = acc.v[i][j];
+  }
+  __device__ static void store(const OAcc& acc, acc_t* o, int ldo) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < kOCols; ++j) o[(2 * ty + i) * ldo + tx + 16 * j] = acc.v[i][j];
+  }
+};
+static_assert(kRows == 2 * 16, "FmaEngine maps 2 rows to each of 16 thread rows");
+
+// float16/bfloat16 on tensor cores: 16 x 16 x 16 WMMA tiles, fp32 accumulators; warp w
+// owns logits fragment w and output fragments w, w + kWarps, ...
+template <typename T, int kCols>
+struct WmmaEngine {
+  using acc_t = float;
+  using p_t = T;
+  static constexpr int kSFragCols = kSweep / 16;
+  static constexpr int kOFragCols = kCols / 16;
+  static constexpr int kOFrags = (kRows / 16) * kOFragCols / kWarps;
+  static_assert((kRows / 16) * kSFragCols == kWarps, "one logits fragment per warp");
+  static_assert((kRows / 16) * kOFragCols % kWarps == 0, "output fragments split evenly");
+  using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+  using FragA = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T,
+                                       nvcuda::wmma::row_major>;
+  using FragBt = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T,
+                                        nvcuda::wmma::col_major>;
+  using FragB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T,
+                                       nvcuda::wmma::row_major>;
+  struct SAcc {
+    Acc f;
+  };
+  struct OAcc {
+    Acc f[kOFrags];
+  };
+
+  __device__ static int warp() { return threadIdx.x / 32; }
+  __device__ static void zero(SAcc& acc) { nvcuda::wmma::fill_fragment(acc.f, 0.0f); }
+  __device__ static void zero(OAcc& acc) {
+#pragma unroll
+    for (int i = 0; i < kOFrags; ++i) nvcuda::wmma::fill_fragment(acc.f[i], 0.0f);
+  }
+  __device__ static void mma_nt(SAcc& acc, const T* a, int lda, const T* b, int ldb) {
+    const int row = warp() / kSFragCols, col = warp() % kSFragCols;
+#pragma unroll
+    for (int k = 0; k < kChunkK; k += 16) {
+      FragA fa;
+      FragBt fb;
+      nvcuda::wmma::load_matrix_sync(fa, a + row * 16 * lda + k, lda);
+      nvcuda::wmma::load_matrix_sync(fb, b + col * 16 * ldb + k, ldb);  // B^T, column-major
+      nvcuda::wmma::mma_sync(acc.f, fa, fb, acc.f);
+    }
+  }
+  __device__ static void mma_nn(OAcc& acc, const p_t* p, int ldp, const T* v, int ldv) {
+#pragma unroll
+    for (int i = 0; i < kOFrags; ++i) {
+      const int frag = warp() + kWarps * i;
+      const int row = frag / kOFragCols, col = frag % kOFragCols;
+#pragma unroll
+      for (int k = 0; k < kSweep; k += 16) {
+        FragA fa;
+        FragB fb;
+        nvcuda::wmma::load_matrix_sync(fa, p + row * 16 * ldp + k, ldp);
+        nvcuda::wmma::load_matrix_sync(fb, v + k * ldv + col * 16, ldv);
+        nvcuda::wmma::mma_sync(acc.f[i], fa, fb, acc.f[i]);
+      }
+    }
+  }
+  __device__ static void store(const SAcc& acc, float* s, int lds) {
+    const int row = warp() / kSFragCols, col = warp() % kSFragCols;
+    nvcuda::wmma::store_matrix_sync(s + row * 16 * lds + col * 16, acc.f, lds,
+                                    nvcuda::wmma::mem_row_major);
+  }
+  __device__ static void store(const OAcc& acc, float* o, int ldo) {
+#pragma unroll
+    for (int i = 0; i < kOFrags; ++i) {
+      const int frag = warp() + kWarps * i;
+      const int row = frag / kOFragCols, col = frag % kOFragCols;
+      nvcuda::wmma::store_matrix_sync(o + row * 16 * ldo + col * 16, acc.f[i], ldo,
+                                      nvcuda::wmma::mem_row_major);
+    }
+  }
+};
+
+template <typename T>
+struct EngineFor {
+  using type = FmaEngine<T, 128>;
+};
+template <>
+struct EngineFor<double> {
+  using type = FmaEngine<double, 64>;  // keeps shared memory under the A100's 163 KiB
+};
+template <>
+struct EngineFor<__half> {
+  using type = WmmaEngine<__half, 128>;
+};
+template <>
+struct EngineFor<__nv_bfloat16> {
+  using type = WmmaEngine<__nv_bfloat16, 128>;
+};
+
+template <typename Engine>
+struct EngineCols;
+template <typename T, int kC>
+struct EngineCols<FmaEngine<T, kC>> {
+  static constexpr int value = kC;
+};
+template <typename T, int kC>
+struct EngineCols<WmmaEngine<T, kC>> {
+  static constexpr int value = kC;
+};
+
+// ------------------------------------------------------------------------ shared memory
+// kOps = 1 (forward) or 2 (backward: two logits tiles, two P tiles, two output tiles).
+// The logits chunk buffers, the V tiles and the epilogue staging share one region.
+constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
+
+template <typename scalar_t, int kOps>
+struct Layout {
+  using Engine = typename EngineFor<scalar_t>::type;
+  using acc_t = typename Engine::acc_t;
+  using p_t = typename Engine::p_t;
+  static constexpr int kCols = EngineCols<Engine>::value;
+  static constexpr int kLdK = kChunkK + pad_of<scalar_t>();
+  static constexpr int kLdV = kCols + pad_of<scalar_t>();
+  static constexpr int kLdS = kSweep + pad_of<acc_t>();
+  static constexpr int kLdP = kSweep + pad_of<p_t>();
+  static constexpr int kLdO = kCols + pad_of<acc_t>();
+  // Sub-buffers, each 128-byte aligned.
+  static constexpr size_t kChunkA = align128(sizeof(scalar_t) * kRows * kLdK);
+  static constexpr size_t kChunkB = align128(sizeof(scalar_t) * kSweep * kLdK);
+  static constexpr size_t kVTile = align128(sizeof(scalar_t) * kSweep * kLdV);
+  static constexpr size_t kStage = align128(sizeof(acc_t) * kRows * kLdO);
+  static constexpr size_t kSTile = align128(sizeof(acc_t) * kRows * kLdS);
+  static constexpr size_t kPTile = align128(sizeof(p_t) * kRows * kLdP);
+  static constexpr size_t kShared = std::max(
+      {kOps * (kChunkA + kChunkB), kOps * kVTile, kOps * kStage});
+  static constexpr size_t kSOffset = kShared;
+  static constexpr size_t kPOffset = kSOffset + kOps * kSTile;
+  static constexpr size_t kStatsOffset = kPOffset + kOps * kPTile;
+  static constexpr int kStatsCount = 5 * kSweep;  // per-row or per-column values
+  static constexpr size_t kBytes = kStatsOffset + align128(sizeof(acc_t) * kStatsCount);
+
+  char* base;
+  __device__ scalar_t* chunk_a(int op) const {
+    return reinterpret_cast<scalar_t*>(base + op * (kChunkA + kChunkB));
+  }
+  __device__ scalar_t* chunk_b(int op) const {
+    return reinterpret_cast<scalar_t*>(base + op * (kChunkA + kChunkB) + kChunkA);
+  }
+  __device__ scalar_t* v_tile(int op) const {
+    return reinterpret_cast<scalar_t*>(base + op * kVTile);
+  }
+  __device__ acc_t* stage(int op) const { return reinterpret_cast<acc_t*>(base + op * kStage); }
+  __device__ acc_t* s_tile(int op) const {
+    return reinterpret_cast<acc_t*>(base + kSOffset + op * kSTile);
+  }
+  __device__ p_t* p_tile(int op) const {
+    return reinterpret_cast<p_t*>(base + kPOffset + op * kPTile);
+  }
+  __device__ acc_t* stats(int index) const {
+    return reinterpret_cast<acc_t*>(base + kStatsOffset) + index * kSweep;
+  }
+};
+
+// Copies rows [row0, row0 + rows) x columns [col0, col0 + cols) of a row-major
+// (num_rows x num_cols) matrix into shared memory, zero outside the matrix.
+template <typename T>
+__device__ void load_tile(T* dst, int ldd, const T* src, int num_rows, int num_cols, int row0,
+                          int col0, int rows, int cols) {
+  const T zero = Convert<T>::from_acc(0.0f);
+  for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
+    const int r = idx / cols, c = idx % cols;
+    const int gr = row0 + r, gc = col0 + c;
+    dst[r * ldd + c] =
+        (gr < num_rows && gc < num_cols) ? src[static_cast<int64_t>(gr) * num_cols + gc] : zero;
+  }
+}
+
+// S[op] = A_op[a0:a0+kRows] B_op[b0:b0+kSweep]^T over all C channels, for op < kOps.
+// Ends with the tiles stored; the caller syncs before reading them.
+template <typename scalar_t, int kOps>
+__device__ void logits_tiles(const Layout<scalar_t, kOps>& smem, const scalar_t* const* a,
+                             int a_rows, int a0, const scalar_t* const* b, int b_rows, int b0,
+                             int channels) {
+  using Engine = typename Layout<scalar_t, kOps>::Engine;
+  using L = Layout<scalar_t, kOps>;
+  typename Engine::SAcc acc[kOps];
+#pragma unroll
+  for (int op = 0; op < kOps; ++op) Engine::zero(acc[op]);
+  for (int k0 = 0; k0 < channels; k0 += kChunkK) {
+#pragma unroll
+    for (int op = 0; op < kOps; ++op) {
+      load_tile(smem.chunk_a(op), L::kLdK, a[op], a_rows, channels, a0, k0, kRows, kChunkK);
+      load_tile(smem.chunk_b(op), L::kLdK, b[op], b_rows, channels, b0, k0, kSweep, kChunkK);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int op = 0; op < kOps; ++op) {
+      Engine::mma_nt(acc[op], smem.chunk_a(op), L::kLdK, smem.chunk_b(op), L::kLdK);
+    }
+    __syncthreads();  // chunk buffers are reloaded next iteration
+  }
+#pragma unroll
+  for (int op = 0; op < kOps; ++op) Engine::store(acc[op], smem.s_tile(op), L::kLdS);
+}
+
+// ------------------------------------------------------------------------------ forward
+
+template <typename scalar_t>
+struct FwdArgs {
+  using acc_t = typename Convert<scalar_t>::acc_t;
+  const scalar_t *zq, *mk, *mv;
+  scalar_t *read, *entropy;
+  acc_t* stats;  // (3, Q)
+  int num_queries, num_slots, channels;
+  acc_t scale, lam;
+  bool shrinking;
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scalar_t> args) {
+  using L = Layout<scalar_t, 1>;
+  using Engine = typename L::Engine;
+  using acc_t = typename L::acc_t;
+  using p_t = typename L::p_t;
+  extern __shared__ __align__(128) char shared_bytes[];
+  const L smem{shared_bytes};
+  const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
+  const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
+  const bool row_valid = q0 + row < args.num_queries;
+  const scalar_t* a_ops[1] = {args.zq};
+  const scalar_t* b_ops[1] = {args.mk};
+  const acc_t* s_tile = smem.s_tile(0);
+
+  // Sweep 1: online logsumexp of the row's scaled logits.
+  acc_t run_max = -std::numeric_limits<acc_t>::infinity(), run_sum = 0;
+  for (int n0 = 0; n0 < args.num_slots; n0 += kSweep) {
+    logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
+                              args.channels);
+    __syncthreads();
+    acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      if (n0 + col < args.num_slots) {
+        const acc_t s = args.scale * s_tile[row * L::kLdS + col];
+        tile_max = s > tile_max ? s : tile_max;
+      }
+    }
+    tile_max = group_max(tile_max);  // finite: every tile has a valid column
+    const acc_t new_max = tile_max > run_max ? tile_max : run_max;
+    acc_t tile_sum = 0;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      if (n0 + col < args.num_slots) {
+        tile_sum += math::exp_(args.scale * s_tile[row * L::kLdS + col] - new_max);
+      }
+    }
+    run_sum = run_sum * math::exp_(run_max - new_max) + group_sum(tile_sum);
+    run_max = new_max;
+    __syncthreads();  // s_tile is rewritten by the next tile
+  }
+  const acc_t lse = run_max + math::log_(run_sum);
+
+  // Sweep 2: weights, read accumulation and the row's entropy terms.
+  typename Engine::OAcc out;
+  Engine::zero(out);
+  acc_t sum_a = 0, sum_b = 0, num_kept = 0;  // lam = 0: entropy, A' terms; lam > 0: h, h log h
+  p_t* p_tile = smem.p_tile(0);
+  for (int n0 = 0; n0 < args.num_slots; n0 += kSweep) {
+    logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
+                              args.channels);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      acc_t p = 0;
+      if (row_valid && n0 + col < args.num_slots) {
+        const acc_t w = math::exp_(args.scale * s_tile[row * L::kLdS + col] - lse);
+        if (!args.shrinking) {
+          p = w;
+          sum_a += math::entropy_term(w);
+          sum_b += math::a_prime_term(w);
+        } else {
+          p = math::shrink(w, args.lam);
+          sum_a += p;
+          sum_b += math::h_log_h(p);
+          num_kept += p > acc_t(0) ? acc_t(1) : acc_t(0);
+        }
+      }
+      p_tile[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
+    }
+    load_tile(smem.v_tile(0), L::kLdV, args.mv, args.num_slots, args.channels, n0, c0, kSweep,
+              L::kCols);
+    __syncthreads();
+    Engine::mma_nn(out, p_tile, L::kLdP, smem.v_tile(0), L::kLdV);
+    __syncthreads();  // p_tile and the V tile are rewritten next tile
+  }
+
+  sum_a = group_sum(sum_a);
+  sum_b = group_sum(sum_b);
+  num_kept = group_sum(num_kept);
+  const math::RowResult<acc_t> result = args.shrinking
+                                            ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
+                                            : math::finish_plain_row(sum_a, sum_b);
+  acc_t* row_scale = smem.stats(0);
+  if (lane == 0) {
+    row_scale[row] = result.inv_sum;
+    if (row_valid && blockIdx.y == 0) {
+      const int q = q0 + row;
+      args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
+      args.stats[q] = lse;
+      args.stats[args.num_queries + q] = args.shrinking ? sum_a : acc_t(1);
+      args.stats[2 * args.num_queries + q] = result.a_prime;
+    }
+  }
+  acc_t* stage = smem.stage(0);
+  Engine::store(out, stage, L::kLdO);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
+    const int r = idx / L::kCols, c = idx % L::kCols;
+    if (q0 + r < args.num_queries && c0 + c < args.channels) {
+      args.read[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
+          Convert<scalar_t>::from_acc(stage[r * L::kLdO + c] * row_scale[r]);
+    }
+  }
+}
+
+// --------------------------------------------------------------------- backward, queries
+
+template <typename scalar_t>
+struct BwdArgs {
+  using acc_t = typename Convert<scalar_t>::acc_t;
+  const scalar_t *zq, *mk, *mv, *grad_read, *grad_entropy, *read, *entropy;
+  const acc_t* stats;  // (3, Q)
+  acc_t* row_r;        // (Q): R of each query row, written by the query-major kernel
+  acc_t* row_d;        // (Q): D of each query row, likewise
+  acc_t* grad_zq;      // (Q, C)
+  acc_t *grad_mk, *grad_mv;  // (N, C)
+  int num_queries, num_slots, channels;
+  acc_t scale, lam;
+  bool shrinking;
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs<scalar_t> args) {
+  using L = Layout<scalar_t, 2>;
+  using Engine = typename L::Engine;
+  using acc_t = typename L::acc_t;
+  using p_t = typename L::p_t;
+  extern __shared__ __align__(128) char shared_bytes[];
+  const L smem{shared_bytes};
+  const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
+  const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
+  const int q = q0 + row;
+  const bool row_valid = q < args.num_queries;
+
+  // The row's constants: D needs g . read.
+  acc_t g_dot_read = 0;
+  for (int c = lane; row_valid && c < args.channels; c += kGroup) {
+    const int64_t at = static_cast<int64_t>(q) * args.channels + c;
+    g_dot_read += Convert<scalar_t>::to_acc(args.grad_read[at]) *
+                  Convert<scalar_t>::to_acc(args.read[at]);
+  }
+  g_dot_read = group_sum(g_dot_read);  // outside the branch: the whole warp must shuffle
+  math::RowGrad<acc_t> row_grad{0, 1, 0, 0};
+  if (row_valid) {
+    row_grad = math::make_row_grad<acc_t>(
+        args.stats[q], args.stats[args.num_queries + q], Convert<scalar_t>::to_acc(args.entropy[q]),
+        args.stats[2 * args.num_queries + q], Convert<scalar_t>::to_acc(args.grad_entropy[q]),
+        g_dot_read);
+  }
+  const bool with_entropy = row_grad.gamma != acc_t(0);
+  const acc_t shift = args.shrinking ? acc_t(0) : row_grad.d;  // ~R, see the file comment
+
+  const scalar_t* a_ops[2] = {args.zq, args.grad_read};
+  const scalar_t* b_ops[2] = {args.mk, args.mv};
+  typename Engine::OAcc x_acc, y_acc;
+  Engine::zero(x_acc);
+  Engine::zero(y_acc);
+  acc_t sum_p = 0, sum_w = 0;
+  for (int n0 = 0; n0 < args.num_slots; n0 += kSweep) {
+    logits_tiles<scalar_t, 2>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
+                              args.channels);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      acc_t p = 0, w = 0;
+      if (row_valid && n0 + col < args.num_slots) {
+        const math::SlotGrad<acc_t> slot = math::slot_grad(
+            row_grad, args.lam, args.shrinking, with_entropy,
+            args.scale * smem.s_tile(0)[row * L::kLdS + col], smem.s_tile(1)[row * L::kLdS + col]);
+        w = slot.w;
+        p = slot.w * (slot.dw - shift);
+      }
+      sum_p += p;
+      sum_w += w;
+      smem.p_tile(0)[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
+      smem.p_tile(1)[row * L::kLdP + col] = Convert<p_t>::from_acc(w);
+    }
+    load_tile(smem.v_tile(0), L::kLdV, args.mk, args.num_slots, args.channels, n0, c0, kSweep,
+              L::kCols);
+    __syncthreads();
+    Engine::mma_nn(x_acc, smem.p_tile(0), L::kLdP, smem.v_tile(0), L::kLdV);
+    Engine::mma_nn(y_acc, smem.p_tile(1), L::kLdP, smem.v_tile(0), L::kLdV);
+    __syncthreads();
+  }
+
+  sum_p = group_sum(sum_p);
+  sum_w = group_sum(sum_w);
+  const acc_t r_shifted = row_valid ? math::finish_r(sum_p, sum_w) : acc_t(0);
+  acc_t* row_r = smem.stats(0);
+  if (lane == 0) {
+    row_r[row] = r_shifted;
+    if (row_valid && blockIdx.y == 0) {
+      args.row_r[q] = r_shifted + shift;
+      args.row_d[q] = row_grad.d;
+    }
+  }
+  Engine::store(x_acc, smem.stage(0), L::kLdO);
+  Engine::store(y_acc, smem.stage(1), L::kLdO);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
+    const int r = idx / L::kCols, c = idx % L::kCols;
+    if (q0 + r < args.num_queries && c0 + c < args.channels) {
+      const int s = r * L::kLdO + c;
+      args.grad_zq[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
+          args.scale * (smem.stage(0)[s] - row_r[r] * smem.stage(1)[s]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------- backward, memory
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArgs<scalar_t> args) {
+  using L = Layout<scalar_t, 2>;
+  using Engine = typename L::Engine;
+  using acc_t = typename L::acc_t;
+  using p_t = typename L::p_t;
+  extern __shared__ __align__(128) char shared_bytes[];
+  const L smem{shared_bytes};
+  const int n0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
+  const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
+  const bool row_valid = n0 + row < args.num_slots;
+  acc_t *col_lse = smem.stats(0), *col_inv_sum = smem.stats(1), *col_d = smem.stats(2),
+        *col_gamma = smem.stats(3), *col_r = smem.stats(4);
+
+  // Rows are memory slots, columns queries: S = mk zq^T, G = mv g^T.
+  const scalar_t* a_ops[2] = {args.mk, args.mv};
+  const scalar_t* b_ops[2] = {args.zq, args.grad_read};
+  typename Engine::OAcc key_acc, value_acc;
+  Engine::zero(key_acc);
+  Engine::zero(value_acc);
+  for (int q0 = 0; q0 < args.num_queries; q0 += kSweep) {
+    // The tile's per-query constants (visible after the syncs inside logits_tiles).
+    for (int j = threadIdx.x; j < kSweep; j += kThreads) {
+      const int q = q0 + j;
+      if (q < args.num_queries) {
+        const acc_t sum_h = args.stats[args.num_queries + q];
+        col_lse[j] = args.stats[q];
+        col_inv_sum[j] = acc_t(1) / (sum_h > acc_t(math::kSumEps) ? sum_h : acc_t(math::kSumEps));
+        col_d[j] = args.row_d[q];
+        col_gamma[j] = Convert<scalar_t>::to_acc(args.grad_entropy[q]);
+        col_r[j] = args.row_r[q];
+      } else {
+        col_lse[j] = col_d[j] = col_gamma[j] = col_r[j] = acc_t(0);
+        col_inv_sum[j] = acc_t(1);
+      }
+    }
+    logits_tiles<scalar_t, 2>(smem, a_ops, args.num_slots, n0, b_ops, args.num_queries, q0,
+                              args.channels);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      acc_t ds = 0, a = 0;
+      if (row_valid && q0 + col < args.num_queries) {
+        const math::RowGrad<acc_t> query_grad{col_lse[col], col_inv_sum[col], col_d[col],
+                                              col_gamma[col]};
+        const math::SlotGrad<acc_t> slot = math::slot_grad(
+            query_grad, args.lam, args.shrinking, query_grad.gamma != acc_t(0),
+            args.scale * smem.s_tile(0)[row * L::kLdS + col], smem.s_tile(1)[row * L::kLdS + col]);
+        ds = slot.w * (slot.dw - col_r[col]);
+        a = slot.a;
+      }
+      smem.p_tile(0)[row * L::kLdP + col] = Convert<p_t>::from_acc(ds);
+      smem.p_tile(1)[row * L::kLdP + col] = Convert<p_t>::from_acc(a);
+    }
+    load_tile(smem.v_tile(0), L::kLdV, args.zq, args.num_queries, args.channels, q0, c0, kSweep,
+              L::kCols);
+    load_tile(smem.v_tile(1), L::kLdV, args.grad_read, args.num_queries, args.channels, q0, c0,
+              kSweep, L::kCols);
+    __syncthreads();
+    Engine::mma_nn(key_acc, smem.p_tile(0), L::kLdP, smem.v_tile(0), L::kLdV);
+    Engine::mma_nn(value_acc, smem.p_tile(1), L::kLdP, smem.v_tile(1), L::kLdV);
+    __syncthreads();  // tiles and per-query constants are rewritten next tile
+  }
+
+  Engine::store(key_acc, smem.stage(0), L::kLdO);
+  Engine::store(value_acc, smem.stage(1), L::kLdO);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
+    const int r = idx / L::kCols, c = idx % L::kCols;
+    if (n0 + r < args.num_slots && c0 + c < args.channels) {
+      const int s = r * L::kLdO + c;
+      const int64_t at = static_cast<int64_t>(n0 + r) * args.channels + c0 + c;
+      args.grad_mk[at] = args.scale * smem.stage(0)[s];
+      args.grad_mv[at] = smem.stage(1)[s];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------- host
+
+template <typename Kernel>
+void set_shared_memory(Kernel kernel, size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+
+int checked_int(int64_t value, const char* what) {
+  TORCH_CHECK(value < (int64_t(1) << 31), "memory_read (CUDA): ", what, " = ", value,
+              " does not fit in int32");
+  return static_cast<int>(value);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
+    const at::Tensor& query, const at::Tensor& memory, double shrink_thres, bool cosine,
+    double temperature) {
+  check_forward_args(query, memory, shrink_thres, temperature);
+  TORCH_CHECK(query.is_cuda(), "memory_read_fwd_cuda: expected CUDA tensors");
+  const c10::cuda::CUDAGuard device_guard(query.device());
+  const auto dtype = query.scalar_type();
+  const auto acc = accumulate_type(dtype);
+  const int64_t num_queries = query.size(0), channels = query.size(1);
+  at::Tensor read = at::empty({num_queries, channels}, query.options());
+  at::Tensor entropy = at::empty({num_queries}, query.options());
+  at::Tensor stats = at::empty({3, num_queries}, query.options().dtype(acc));
+  if (num_queries == 0) return std::make_tuple(read, entropy, stats);
+  const Operands ops = make_operands(query, memory, cosine, dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "memory_read_fwd_cuda", [&] {
+    using native_t = typename Native<scalar_t>::type;
+    using L = Layout<native_t, 1>;
+    using acc_t = typename Convert<native_t>::acc_t;
+    FwdArgs<native_t> args;
+    args.zq = reinterpret_cast<const native_t*>(ops.zq.data_ptr<scalar_t>());
+    args.mk = reinterpret_cast<const native_t*>(ops.mk.data_ptr<scalar_t>());
+    args.mv = reinterpret_cast<const native_t*>(ops.mv.data_ptr<scalar_t>());
+    args.read = reinterpret_cast<native_t*>(read.data_ptr<scalar_t>());
+    args.entropy = reinterpret_cast<native_t*>(entropy.data_ptr<scalar_t>());
+    args.stats = stats.data_ptr<acc_t>();
+    args.num_queries = checked_int(num_queries, "Q");
+    args.num_slots = checked_int(memory.size(0), "N");
+    args.channels = checked_int(channels, "C");
+    args.scale = acc_t(1.0 / temperature);
+    args.lam = acc_t(shrink_thres);
+    args.shrinking = shrink_thres > 0;
+    const dim3 grid((num_queries + kRows - 1) / kRows, (channels + L::kCols - 1) / L::kCols);
+    set_shared_memory(memory_read_fwd_kernel<native_t>, L::kBytes);
+    memory_read_fwd_kernel<native_t>
+        <<<grid, kThreads, L::kBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return std::make_tuple(read, entropy, stats);
+}
+
+std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
+    const at::Tensor& grad_read, const at::Tensor& grad_entropy, const at::Tensor& query,
+    const at::Tensor& memory, const at::Tensor& read, const at::Tensor& entropy,
+    const at::Tensor& stats, double shrink_thres, bool cosine, double temperature) {
+  check_forward_args(query, memory, shrink_thres, temperature);
+  check_backward_args(grad_read, grad_entropy, query, read, entropy, stats);
+  TORCH_CHECK(query.is_cuda(), "memory_read_bwd_cuda: expected CUDA tensors");
+  const c10::cuda::CUDAGuard device_guard(query.device());
+  const auto dtype = query.scalar_type();
+  const auto acc = accumulate_type(dtype);
+  const int64_t num_queries = query.size(0), num_slots = memory.size(0);
+  const int64_t channels = query.size(1);
+  if (num_queries == 0) {
+    return std::make_tuple(at::zeros_like(query), at::zeros_like(memory));
+  }
+  const Operands ops = make_operands(query, memory, cosine, dtype);
+  const auto in_dtype = [&](const at::Tensor& t) { return t.to(dtype).contiguous(); };
+  const at::Tensor g = in_dtype(grad_read), gamma = in_dtype(grad_entropy);
+  const at::Tensor read_c = in_dtype(read), entropy_c = in_dtype(entropy);
+  const at::Tensor stats_c = stats.to(acc).contiguous();
+  const auto acc_options = query.options().dtype(acc);
+  at::Tensor grad_zq = at::empty({num_queries, channels}, acc_options);
+  at::Tensor row_r = at::empty({num_queries}, acc_options);
+  at::Tensor row_d = at::empty({num_queries}, acc_options);
+  at::Tensor grad_mk = at::empty({num_slots, channels}, acc_options);
+  at::Tensor grad_mv = at::empty({num_slots, channels}, acc_options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "memory_read_bwd_cuda", [&] {
+    using native_t = typename Native<scalar_t>::type;
+    using L = Layout<native_t, 2>;
+    using acc_t = typename Convert<native_t>::acc_t;
+    const auto ptr = [](const at::Tensor& t) {
+      return reinterpret_cast<const native_t*>(t.data_ptr<scalar_t>());
+    };
+    BwdArgs<native_t> args;
+    args.zq = ptr(ops.zq);
+    args.mk = ptr(ops.mk);
+    args.mv = ptr(ops.mv);
+    args.grad_read = ptr(g);
+    args.grad_entropy = ptr(gamma);
+    args.read = ptr(read_c);
+    args.entropy = ptr(entropy_c);
+    args.stats = stats_c.data_ptr<acc_t>();
+    args.row_r = row_r.data_ptr<acc_t>();
+    args.row_d = row_d.data_ptr<acc_t>();
+    args.grad_zq = grad_zq.data_ptr<acc_t>();
+    args.grad_mk = grad_mk.data_ptr<acc_t>();
+    args.grad_mv = grad_mv.data_ptr<acc_t>();
+    args.num_queries = checked_int(num_queries, "Q");
+    args.num_slots = checked_int(num_slots, "N");
+    args.channels = checked_int(channels, "C");
+    args.scale = acc_t(1.0 / temperature);
+    args.lam = acc_t(shrink_thres);
+    args.shrinking = shrink_thres > 0;
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const int col_chunks = (channels + L::kCols - 1) / L::kCols;
+    // Query-major first: it writes the R and D that the memory-major kernel reads.
+    set_shared_memory(memory_read_bwd_query_kernel<native_t>, L::kBytes);
+    memory_read_bwd_query_kernel<native_t>
+        <<<dim3((num_queries + kRows - 1) / kRows, col_chunks), kThreads, L::kBytes, stream>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    set_shared_memory(memory_read_bwd_memory_kernel<native_t>, L::kBytes);
+    memory_read_bwd_memory_kernel<native_t>
+        <<<dim3((num_slots + kRows - 1) / kRows, col_chunks), kThreads, L::kBytes, stream>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (!cosine) return std::make_tuple(grad_zq.to(dtype), (grad_mk + grad_mv).to(dtype));
+  const at::Tensor query_acc = query.to(acc), memory_acc = memory.to(acc);
+  at::Tensor grad_query = normalize_rows_backward(query_acc, normalize_rows(query_acc), grad_zq);
+  at::Tensor grad_memory =
+      normalize_rows_backward(memory_acc, normalize_rows(memory_acc), grad_mk) + grad_mv;
+  return std::make_tuple(grad_query.to(dtype), grad_memory.to(dtype));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(memae_fused, CUDA, m) {
+  m.impl("memory_read_fwd", &memory_read_fwd_cuda);
+  m.impl("memory_read_bwd", &memory_read_bwd_cuda);
+}
+
+}  // namespace memae_fused
