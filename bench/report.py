@@ -4,7 +4,7 @@
 
 writes <stem>.md (tables of ratios), <stem>.png (time and peak memory against N from the
 sweep; needs matplotlib) and <stem>.json (the input runs merged), where <stem> is
-<date>-<device>-<device name>. --md/--png/--json name the files explicitly instead;
+<date>-<HHMM UTC>-<device>-<device name>. --md/--png/--json name the files explicitly instead;
 --summary prints a short table; --stem prints the stem only.
 
 Ratios are of median times. "x eager" and "x compile": the case's speed-up over the eager
@@ -56,7 +56,8 @@ def stem_of(machine_info, when):
     info = machine_info.get("memae_bench", {})
     name = info.get("device_name") or machine_info.get("cpu", {}).get("brand_raw", "unknown")
     fast = "-fast" if info.get("fast") else ""
-    return f"{when[:10] or 'undated'}-{info.get('device', 'unknown')}-{slug(name)}{fast}"
+    stamp = f"{when[:10]}-{when[11:13]}{when[14:16]}" if len(when) >= 16 else "undated"
+    return f"{stamp}-{info.get('device', 'unknown')}-{slug(name)}{fast}"
 
 
 def peak_tflops(machine_info, dtype):
@@ -71,7 +72,7 @@ def peak_tflops(machine_info, dtype):
     measured = info.get("matmul_tflops", {}).get(dtype)
     if measured:
         size = info.get("matmul_size")
-        return measured, f"measured torch.mm rate, {size}x{size}x{size} {dtype}"
+        return measured, f"measured torch.mm rate, {size}x{size}x{size} {dtype} (the higher of start and end)"
     return None, "no peak known"
 
 
@@ -102,6 +103,16 @@ def index(benchmarks, sweep):
         key = (e["device"], e["dtype"], e["q"], e["n"], e["c"])
         table.setdefault(key, {}).setdefault(e["mode"], {})[e["case"]] = b
     return table
+
+
+def case_label(b):
+    e = b["extra_info"]
+    label = CASE_LABELS.get(e["case"], e["case"])
+    if e.get("sdpa_backend"):
+        label += f", {e['sdpa_backend'].lower()}"
+    if e.get("compile_dynamic"):
+        label += ", dynamic"
+    return label
 
 
 def ordered_cases(cases):
@@ -142,9 +153,9 @@ def machine_lines(machine_info, commit_info, when):
     lines.append(f"- Software: Python {machine_info.get('python_version')}, torch {info.get('torch')} "
                  f"(CUDA {info.get('torch_cuda')}), triton {info.get('triton')}; "
                  f"{machine_info.get('system')} {machine_info.get('release')}")
-    lines.append(f"- Measured torch.mm rate: " + ", ".join(
-        f"{d} {v} TFLOP/s" for d, v in info.get("matmul_tflops", {}).items())
-        + f" ({info.get('matmul_size')}^3)")
+    lines.append("- Measured torch.mm rate (best of 5 at the start / at the end of the run): " + ", ".join(
+        f"{d} {info.get('matmul_tflops_start', {}).get(d, '?')} / {info.get('matmul_tflops_end', {}).get(d, v)} TFLOP/s"
+        for d, v in info.get("matmul_tflops", {}).items()) + f" ({info.get('matmul_size')}^3)")
     lines.append(f"- Problem: similarity {info.get('similarity')}, temperature {info.get('temperature')}, "
                  f"shrink_thres {info.get('shrink_thres')}; fast mode: {info.get('fast')}")
     if commit_info:
@@ -161,17 +172,25 @@ def perf_markdown(machine_info, benchmarks):
         out += ["| mode | case | median ms | IQR ms | rounds | x eager | x compile | of SDPA "
                 "| model TFLOP/s | % of peak | peak MiB |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        over_peak = False
         for mode in [m for m in MODE_ORDER if m in modes]:
             by_case = modes[mode]
             for case in ordered_cases(by_case):
                 v = row_values(by_case[case], by_case, peak)
+                over_peak = over_peak or (v["pct_peak"] or 0) > 100
                 pct = "-" if v["pct_peak"] is None else f"{v['pct_peak']:.1f}"
                 out.append(
-                    f"| {mode} | {CASE_LABELS.get(case, case)} | {fmt_time(v['median'])} "
+                    f"| {mode} | {case_label(by_case[case])} | {fmt_time(v['median'])} "
                     f"| {fmt_time(v['iqr'])} | {v['rounds']} | {fmt_ratio(v['x_eager'])} "
                     f"| {fmt_ratio(v['x_compile'])} | {fmt_ratio(v['of_sdpa'])} "
                     f"| {v['tflops']:.3g} | {pct} | {fmt_mib(v['peak_mem'])} |")
-        out += ["", f"Peak for '% of peak': {peak} TFLOP/s, {peak_desc}.", ""]
+        out += ["", f"Peak for '% of peak': {peak} TFLOP/s, {peak_desc}."]
+        if over_peak:
+            out += ["Cases above 100 % beat the measured torch.mm reference: that single "
+                    "matmul ran slower than the case's matrix products (other load on the "
+                    "machine while it was measured, or a shape that suits the BLAS better); "
+                    "read the column as relative only."]
+        out += [""]
     return out
 
 
@@ -195,7 +214,8 @@ def sweep_markdown(benchmarks):
         cases = ordered_cases(by_case)
         ns = sorted({n for pts in by_case.values() for n, _, _ in pts})
         out += [f"### Sweep over N: {device} {dtype}, Q={q}, C={c}, {mode}", "",
-                "median ms / peak MiB", "",
+                "median ms / peak MiB" + ("; torch.compile with dynamic=True (one compile for all N)"
+                                          if "compile" in by_case else ""), "",
                 "| N | " + " | ".join(CASE_LABELS.get(k, k) for k in cases) + " |",
                 "|---:|" + "---:|" * len(cases)]
         for n in ns:

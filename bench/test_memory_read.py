@@ -139,12 +139,12 @@ def case_function(case, settings, problem):
 # Inputs
 
 def make_inputs(problem, device, seed):
-    gen = torch.Generator().manual_seed(seed)
-    query = torch.randn(problem.q, problem.c, generator=gen)
-    memory = torch.randn(problem.n, problem.c, generator=gen)
-    memory *= torch.rand(problem.n, 1, generator=gen) + 0.5
+    gen = torch.Generator(device=device).manual_seed(seed)
+    query = torch.randn(problem.q, problem.c, generator=gen, device=device)
+    memory = torch.randn(problem.n, problem.c, generator=gen, device=device)
+    memory *= torch.rand(problem.n, 1, generator=gen, device=device) + 0.5
     dtype = problem.torch_dtype
-    return (query.to(device, dtype).requires_grad_(), memory.to(device, dtype).requires_grad_())
+    return query.to(dtype).requires_grad_(), memory.to(dtype).requires_grad_()
 
 
 def rotation_count(problem, device):
@@ -224,8 +224,8 @@ def run_case(benchmark, settings, problem, mode, case):
         outputs = fn(*input_sets[0])
         sync()
         first_call_s = time.perf_counter() - compile_start
-        gen = torch.Generator().manual_seed(1234)
-        grads = tuple(torch.randn(o.shape, generator=gen).to(device, o.dtype) for o in outputs)
+        gen = torch.Generator(device=device).manual_seed(1234)
+        grads = tuple(torch.randn(o.shape, generator=gen, device=device).to(o.dtype) for o in outputs)
         del outputs
         next_set = iter(range(1 << 62))
 
