@@ -22,7 +22,7 @@ from memae_fused.train import AMP_DTYPES, TrainConfig, load_model, read_checkpoi
 # "small": trains in minutes on a laptop CPU; "paper": the paper's video model and training.
 PRESETS = {
     "small": dict(size=(64, 64), channels=(16, 32, 64, 64), decoder_channels=None,
-                  num_slots=200, epochs=8, batch_size=8, lr=1e-3, clip_stride=2,
+                  num_slots=200, epochs=20, batch_size=8, lr=1e-3, clip_stride=2,
                   synthetic=dict(size=64, frames_per_video=96, num_train_videos=16,
                                  num_test_videos_per_kind=3)),
     "paper": dict(size=(256, 256), channels=(96, 128, 256, 256), decoder_channels=(256, 128, 96),
