@@ -1,18 +1,23 @@
 """Fused MemAE memory read in Triton: forward, backward and their torch.library wiring.
 
 Algorithm (docs/algorithm.md has the derivation). Per block of queries the forward sweeps
-the memory twice: sweep 1 keeps an online max and sum of exp of the logits (online softmax)
-to get each row's logsumexp L; sweep 2 recomputes the logits, forms w = exp(s - L), the hard
-shrinkage h, and accumulates sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and
-entropy then need only per-row scalars, so no Q x N tensor ever reaches device memory. The
-forward saves three numbers per row (L, the shrink sum S and A' = sum a²/(a+eps)).
+the memory twice: sweep 1 keeps an online max m and sum l of exp of the logits (online
+softmax); sweep 2 recomputes the logits, forms w = exp((s - m) - log l), the hard shrinkage
+h, and accumulates sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and entropy then
+need only per-row scalars, so no Q x N tensor ever reaches device memory. The forward saves
+four numbers per row (m, log l, the shrink sum S and A' = sum a²/(a+eps)). m and log l are
+kept apart rather than as one logsumexp L = m + log l: rounding L (|L| up to 1/temperature)
+would cost every weight a relative error of ulp(L), which a near one-hot row, the usual
+MemAE case, turns into a large error in its entropy and gradients.
 
 The backward recomputes the logits, FlashAttention style. The per-row reduction
 D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
 outputs (the analogue of rowsum(dO∘O)). A query-major kernel then yields d(query) and the
 softmax row term R = sum_j w_j·dL/dw_j together: d(query) is linear in R, so it is
-accumulated as X - R·Y (for lam = 0, R = D is known and ds is formed directly). A
-memory-major kernel recomputes the tiles once more with every row's L, S, D, R known and
+accumulated as X - R·Y. For lam = 0 dL/dw is shifted by -D first, which leaves the
+gradients unchanged but makes R a small residual that cancels D's rounding (D comes from
+the rounded read, and 1/temperature would magnify its error in d(query)). A
+memory-major kernel recomputes the tiles once more with every row's m, l, S, D, R known and
 accumulates d(memory); neither kernel uses atomics, so the backward is deterministic.
 
 When there are too few query blocks to fill the GPU, the slots (forward, query-major
@@ -56,7 +61,8 @@ def _shrink(w, lam):
 def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
     """Addressing weight a and dL/dw for one tile; gm = g·mv_j, row stats pre-broadcast.
 
-    For lam = 0, dL/dw comes back already centred by D (= R), so ds = w·dw.
+    For lam = 0, dL/dw comes back shifted by -D (softmax ignores a shift of dL/dw), so that
+    R = sum w·dw is a small residual that absorbs D's rounding.
     """
     if SHRINK:
         h, u, keep = _shrink(w, lam)
@@ -72,7 +78,7 @@ def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
 
 
 @triton.jit
-def _lse_partial_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
+def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
                         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                         PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
     """Sweep 1 over one split of the slots: running max and sum of exp per query row."""
@@ -106,15 +112,16 @@ def _lse_partial_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split
 
 
 @triton.jit
-def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
+def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
                 Q, N, C, n_per_split,
                 SHRINK: tl.constexpr, SPLIT: tl.constexpr,
                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                 PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
     """Sweeps 1 and 2 for one block of queries over one split of the slots.
 
-    Unsplit (SPLIT = False): computes L itself and writes the final read, entropy and stats.
-    Split: takes L from LSE and writes the partial sums of its slots for the host to combine.
+    Unsplit (SPLIT = False): runs sweep 1 itself and writes the final read, entropy and stats.
+    Split: takes m and log l from STATS and writes the partial sums of its slots for the host
+    to combine.
     """
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -131,7 +138,8 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
     zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
 
     if SPLIT:
-        lse = tl.load(LSE + offs_q, mask=mask_q, other=0.0)
+        row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+        row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
     else:
         m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
         l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
@@ -145,7 +153,8 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
             m_new = tl.maximum(m_i, tl.max(s, 1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
             m_i = m_new
-        lse = m_i + tl.log(l_i)
+        row_max = m_i
+        row_logl = tl.log(l_i)
 
     acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
     # Row sums. Shrink: sum h, sum h·log h, #kept (h > 0).
@@ -163,7 +172,7 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
         else:
             mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
-        w = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
+        w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
         if SHRINK:
             h, u, keep = _shrink(w, lam)
             sum_h += tl.sum(h, 1)
@@ -196,9 +205,10 @@ def _fwd_kernel(ZQ, MK, MV, LSE, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
         tl.store(READ + offs_q[:, None] * C + offs_c[None, :], read.to(READ.dtype.element_ty),
                  mask=mask_qc)
         tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
-        tl.store(STATS + offs_q, lse, mask=mask_q)
-        tl.store(STATS + Q + offs_q, sum_h, mask=mask_q)
-        tl.store(STATS + 2 * Q + offs_q, aux, mask=mask_q)
+        tl.store(STATS + offs_q, row_max, mask=mask_q)
+        tl.store(STATS + Q + offs_q, row_logl, mask=mask_q)
+        tl.store(STATS + 2 * Q + offs_q, sum_h, mask=mask_q)
+        tl.store(STATS + 3 * Q + offs_q, aux, mask=mask_q)
 
 
 @triton.jit
@@ -219,8 +229,9 @@ def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, P
     mask_qc = mask_q[:, None] & mask_c[None, :]
     zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
     g = tl.load(G + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
-    lse = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
-    s_row = tl.load(STATS + Q + offs_q, mask=mask_q, other=1.0)
+    row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+    row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+    s_row = tl.load(STATS + 2 * Q + offs_q, mask=mask_q, other=1.0)
     gam = tl.load(GAM + offs_q, mask=mask_q, other=0.0)
     d_row = tl.load(DROW + offs_q, mask=mask_q, other=0.0)
     inv_s = 1.0 / tl.maximum(s_row, 1e-12)
@@ -242,19 +253,17 @@ def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, P
         else:
             mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
-        w = tl.where(mask_n[None, :], tl.exp(s - lse[:, None]), 0.0)
+        w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
         gm = _mm(g, tl.trans(mv), zero, PREC, UPCAST)
         a, dw = _dlogit_terms(w, gm, lam, gam[:, None], inv_s[:, None], d_row[:, None], SHRINK)
         wdw = tl.where(mask_n[None, :], w * dw, 0.0)
         x_acc = _mm(wdw.to(mk.dtype), mk, x_acc, PREC, UPCAST)
-        if SHRINK:
-            y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
-            r_acc += tl.sum(wdw, 1)
+        y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
+        r_acc += tl.sum(wdw, 1)
     part = pid_s * Q + offs_q
     tl.store(PART_X + part[:, None] * C + offs_c[None, :], x_acc, mask=mask_qc)
-    if SHRINK:
-        tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc, mask=mask_qc)
-        tl.store(PART_R + part, r_acc, mask=mask_q)
+    tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc, mask=mask_qc)
+    tl.store(PART_R + part, r_acc, mask=mask_q)
 
 
 @triton.jit
@@ -289,8 +298,9 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
         mask_qc = mask_q[:, None] & mask_c[None, :]
         zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
         g = tl.load(G + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
-        lse = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
-        s_row = tl.load(STATS + Q + offs_q, mask=mask_q, other=1.0)
+        row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+        row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+        s_row = tl.load(STATS + 2 * Q + offs_q, mask=mask_q, other=1.0)
         gam = tl.load(GAM + offs_q, mask=mask_q, other=0.0)
         d_row = tl.load(DROW + offs_q, mask=mask_q, other=0.0)
         r_row = tl.load(RROW + offs_q, mask=mask_q, other=0.0)
@@ -298,14 +308,12 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
         if SHRINK:
             d_row = tl.where(s_row >= 1e-12, d_row, 0.0)
         s_t = _mm(mk, tl.trans(zq), zero, PREC, UPCAST) * scale
-        w_t = tl.where(mask_q[None, :], tl.exp(s_t - lse[None, :]), 0.0)
+        w_t = tl.where(mask_q[None, :], tl.exp((s_t - row_max[None, :]) - row_logl[None, :]),
+                       0.0)
         gm_t = _mm(mv, tl.trans(g), zero, PREC, UPCAST)
         a_t, dw_t = _dlogit_terms(w_t, gm_t, lam, gam[None, :], inv_s[None, :], d_row[None, :],
                                   SHRINK)
-        if SHRINK:
-            ds_t = w_t * (dw_t - r_row[None, :])
-        else:
-            ds_t = w_t * dw_t
+        ds_t = w_t * (dw_t - r_row[None, :])
         ds_t = tl.where(mask_q[None, :], ds_t, 0.0)
         a_t = tl.where(mask_q[None, :], a_t, 0.0)
         dmk = _mm(ds_t.to(zq.dtype), zq, dmk, PREC, UPCAST)
@@ -457,23 +465,24 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
 
     read = torch.empty_like(query)
     entropy = query.new_empty((q,))
-    stats = torch.empty((3, q), dtype=acc_dtype, device=query.device)
+    stats = torch.empty((4, q), dtype=acc_dtype, device=query.device)
     if splits == 1:
         _launch(_fwd_kernel, (q_blocks, 1),
-                zq, mk, memory, stats, read, entropy, stats, stats, stats, params, q, n, c, n,
+                zq, mk, memory, read, entropy, stats, stats, stats, params, q, n, c, n,
                 SHRINK=shrink, SPLIT=False, **meta)
         return read, entropy, stats
 
     part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
     part_sum = torch.empty_like(part_max)
-    _launch(_lse_partial_kernel, (q_blocks, splits),
+    _launch(_row_max_sum_kernel, (q_blocks, splits),
             zq, mk, part_max, part_sum, params, q, n, c, n_per_split, **meta)
     top = part_max.amax(dim=0)
-    lse = top + torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
+    stats[0] = top
+    stats[1] = torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
     part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
     part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
     _launch(_fwd_kernel, (q_blocks, splits),
-            zq, mk, memory, lse, read, entropy, stats, part_acc, part_stats, params,
+            zq, mk, memory, read, entropy, stats, part_acc, part_stats, params,
             q, n, c, n_per_split, SHRINK=shrink, SPLIT=True, **meta)
     acc = part_acc.sum(dim=0)
     sum_h, sum_hlogh, sum_third = part_stats.sum(dim=1)
@@ -488,7 +497,8 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
         ent, aux = -sum_hlogh, sum_third
         read.copy_(acc)
     entropy.copy_(ent)
-    stats.copy_(torch.stack([lse, sum_h, aux]))
+    stats[2] = sum_h
+    stats[3] = aux
     return read, entropy, stats
 
 
@@ -511,7 +521,7 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     gam = grad_entropy.to(acc_dtype).contiguous()
     # D = sum_j a_j dL/da_j, from the outputs (docs/algorithm.md).
     d_row = ((grad_read.to(acc_dtype) * read.to(acc_dtype)).sum(dim=1)
-             + gam * (entropy.to(acc_dtype) - stats[2])).contiguous()
+             + gam * (entropy.to(acc_dtype) - stats[3])).contiguous()
 
     tiles, meta = _launch_meta("backward_query", _block_c(c), query.dtype, query.device,
                                **constants)
@@ -520,17 +530,13 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     n_per_split = triton.cdiv(triton.cdiv(n, splits), tiles.block_n) * tiles.block_n
     splits = triton.cdiv(n, n_per_split)
     part_x = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
-    part_y = torch.empty_like(part_x) if shrink else part_x
+    part_y = torch.empty_like(part_x)
     part_r = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
     _launch(_bwd_query_kernel, (q_blocks, splits),
             zq, mk, memory, grad_read, gam, stats, d_row, part_x, part_y, part_r, params,
             q, n, c, n_per_split, **meta)
-    if shrink:
-        r_row = part_r.sum(dim=0)
-        grad_zq = (part_x.sum(dim=0) - r_row[:, None] * part_y.sum(dim=0)) / temperature
-    else:
-        r_row = d_row
-        grad_zq = part_x.sum(dim=0) / temperature
+    r_row = part_r.sum(dim=0)
+    grad_zq = (part_x.sum(dim=0) - r_row[:, None] * part_y.sum(dim=0)) / temperature
 
     tiles, meta = _launch_meta("backward_memory", _block_c(c), query.dtype, query.device,
                                **constants)

@@ -63,17 +63,38 @@ def draw_case(q, n, c, *, shrink_factor=2.0, similarity="cosine", temperature=0.
     return query, memory, lam
 
 
+def eager_in_orders(run, query, memory, grad_read, grad_ent, orders=3):
+    """Eager PyTorch's results in the inputs' own precision under `orders` summation orders.
+
+    `run(query, memory, grad_read, grad_ent)` gives (read, entropy, grad_query, grad_memory).
+    Besides the given order, memory slots and channels are permuted (and the results permuted
+    back): each run is an equally valid same-precision computation with its own rounding, so
+    the worst of them, not one that happens to round luckily, sets the bar. Returns one list of
+    runs per result."""
+    runs = [run(query, memory, grad_read, grad_ent)]
+    n, c = memory.shape
+    for _ in range(orders - 1):
+        slots, chans = torch.randperm(n), torch.randperm(c)
+        back_slots, back_chans = torch.argsort(slots), torch.argsort(chans)
+        read, ent, gq, gm = run(query[:, chans], memory[slots][:, chans], grad_read[:, chans],
+                                grad_ent)
+        runs.append((read[:, back_chans], ent, gq[:, back_chans], gm[back_slots][:, back_chans]))
+    return [list(results) for results in zip(*runs)]
+
+
 def check_against_reference(name, got, want, eager=None, rtol=1e-5, atol=1e-6):
     """Below float64, judge a whole tensor: |got - want| <= rtol·|want| + atol·sqrt(numel)
     (norms over the tensor), or at most twice the error of eager PyTorch in the same precision
     (FlashAttention's criterion) where cancellation, in a near one-hot row say, makes that
-    larger. `want` is the float64 reference on the same (rounded) inputs."""
+    larger. `want` is the float64 reference on the same (rounded) inputs; `eager` is one
+    same-precision result or a list of them (eager_in_orders), judged by the worst."""
     got = got.detach().double().cpu()
     assert torch.isfinite(got).all(), f"{name}: not finite"
     err = (got - want).norm().item()
     bar = rtol * want.norm().item() + atol * want.numel() ** 0.5
     if eager is not None:
-        eager_err = (eager.detach().double().cpu() - want).norm().item()
-        if eager_err == eager_err:  # eager float16 entropy is NaN: 1e-12 underflows in the log
-            bar = max(bar, 2 * eager_err)
+        for run in eager if isinstance(eager, (list, tuple)) else [eager]:
+            eager_err = (run.detach().double().cpu() - want).norm().item()
+            if eager_err == eager_err:  # eager float16 entropy is NaN: 1e-12 underflows in the log
+                bar = max(bar, 2 * eager_err)
     assert err <= bar, f"{name}: error {err:.2e} > {bar:.2e} (|want| = {want.norm().item():.2e})"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import python_ref
-from cases import check_against_reference, draw_case
+from cases import check_against_reference, draw_case, eager_in_orders
 from memae_fused import memory_read
 from memae_fused import triton_memory
 
@@ -34,7 +34,8 @@ def grads_of(query, memory, lam, similarity, temperature, fn, grad_read, grad_en
 
 
 def run_both(q, n, c, *, similarity, shrink_factor, dtype, temperature=None, scale=None):
-    """(float64 reference, triton in dtype, eager python_ref in dtype) on the same inputs."""
+    """(float64 reference, triton in dtype, eager python_ref in dtype under a few summation
+    orders) on the same inputs."""
     if temperature is None:  # logits of a few units either way
         temperature = 0.1 if similarity == "cosine" else 0.5
     query, memory, lam = draw_case(q, n, c, shrink_factor=shrink_factor, similarity=similarity,
@@ -46,8 +47,9 @@ def run_both(q, n, c, *, similarity, shrink_factor, dtype, temperature=None, sca
     want = grads_of(query, memory, *args, python_ref.memory_read, grad_read, grad_ent)
     got = grads_of(query.to(DEVICE, dtype), memory.to(DEVICE, dtype), *args,
                    lambda *a, **k: memory_read(*a, backend="triton", **k), grad_read, grad_ent)
-    eager = grads_of(query.to(dtype), memory.to(dtype), *args, python_ref.memory_read,
-                     grad_read, grad_ent)
+    eager = eager_in_orders(
+        lambda *inputs: grads_of(*inputs[:2], *args, python_ref.memory_read, *inputs[2:]),
+        query.to(dtype), memory.to(dtype), grad_read, grad_ent)
     assert all(g.dtype == dtype for g in got)
     return want, got, eager
 
