@@ -58,10 +58,11 @@ def test_every_backend_agrees_with_reference(backend, q, n, c, similarity, shrin
             check_against_reference(name, g, w, e)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_nan_query_row_stays_in_its_row(backend):
+def test_nan_query_row_stays_in_its_row(backend, bad):
     query, memory, lam = draw_case(12, 40, 8, shrink_factor=1.5)
-    query[5, 3] = float("nan")
+    query[5, 3] = bad
     query.requires_grad_(True)
     res = memory_read(query, memory, shrink_thres=lam, temperature=0.1, backend=backend)
     assert torch.isnan(res.read[5]).all() and torch.isnan(res.entropy[5])
@@ -73,6 +74,32 @@ def test_nan_query_row_stays_in_its_row(backend):
     torch.testing.assert_close(res.read[clean], want.read, rtol=1e-9, atol=1e-11)
     (res.read[clean].sum() + res.entropy[clean].sum()).backward()
     assert torch.isfinite(query.grad[clean]).all()
+    # The bad row reaches the memory's gradient (a sum over all queries): visibly, as NaN.
+    memory = memory.clone().requires_grad_(True)
+    res = memory_read(query.detach(), memory, shrink_thres=lam, temperature=0.1, backend=backend)
+    (res.read.sum() + res.entropy.sum()).backward()
+    assert torch.isnan(memory.grad).any()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("ndim", [4, 5])
+def test_channels_last_input_matches_contiguous(backend, ndim):
+    mem = FusedMemory(23, 6, backend=backend).double()
+    shape = (2, 6, 3, 5) if ndim == 4 else (2, 6, 2, 3, 5)
+    fmt = torch.channels_last if ndim == 4 else torch.channels_last_3d
+    x = torch.randn(shape, dtype=torch.float64).to(memory_format=fmt)
+    assert not x.is_contiguous()
+    x.requires_grad_(True)
+    out = mem(x)
+    (out.output.square().sum() + out.entropy).backward()
+    grads = x.grad.clone(), mem.memory.grad.clone()
+    x_contig = x.detach().contiguous().requires_grad_(True)
+    mem.memory.grad = None
+    want = mem(x_contig)
+    (want.output.square().sum() + want.entropy).backward()
+    torch.testing.assert_close(out.output, want.output, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0], x_contig.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], mem.memory.grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
