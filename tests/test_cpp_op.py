@@ -79,6 +79,7 @@ SHAPES = [
     (70, 300, 64),
     (9, 40, 512),
     (129, 257, 33),
+    (600, 90, 24),  # several query blocks per thread, per-thread gradient accumulators
 ]
 
 

@@ -8,7 +8,8 @@
 //             memory_math.h give a, w dw and R = sum w dw, then ds = scale w (dw - R) in place;
 //             dzq_b = ds mk, and the memory gradient sum_b (ds^T zq_b + a^T g_b) goes into one
 //             N x C accumulator per thread, summed at the end (deterministic for a given
-//             thread count).
+//             thread count). With at most one block per thread, the blocks' a and ds are kept
+//             instead and the memory gradient is one GEMM at the end.
 // float16/bfloat16 inputs run in float32 and are cast back.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -254,7 +255,8 @@ struct BackwardInputs {
 };
 
 // Fills dzq (Q x C) and the memory gradients. dot: key_grad receives d mk + d mv and
-// value_grad is undefined; cosine: key_grad = d mk, value_grad = d mv. Both zero-initialised.
+// value_grad is undefined; cosine: key_grad = d mk, value_grad = d mv. All three are
+// overwritten (they may come uninitialised).
 template <typename acc_t>
 void backward_kernel(const Operands& ops, const BackwardInputs& in, double shrink_thres,
                      double scale_d, at::Tensor& dzq, at::Tensor& key_grad,
@@ -267,22 +269,75 @@ void backward_kernel(const Operands& ops, const BackwardInputs& in, double shrin
   const bool shrinking = shrink_thres > 0;
   const bool separate_values = value_grad.defined();
 
-  // One memory-gradient accumulator per chunk of blocks; chunk 0 writes the outputs.
-  const int64_t num_chunks =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_blocks));
-  std::vector<at::Tensor> key_acc(num_chunks), value_acc(num_chunks);
-  key_acc[0] = key_grad;
-  value_acc[0] = value_grad;
-  for (int64_t chunk = 1; chunk < num_chunks; ++chunk) {
-    key_acc[chunk] = at::zeros_like(key_grad);
-    if (separate_values) value_acc[chunk] = at::zeros_like(value_grad);
-  }
-
   const acc_t* g_ptr = in.grad_read.data_ptr<acc_t>();
   const acc_t* gamma_ptr = in.grad_entropy.data_ptr<acc_t>();
   const acc_t* read_ptr = in.read.data_ptr<acc_t>();
   const acc_t* entropy_ptr = in.entropy.data_ptr<acc_t>();
   const acc_t* stats_ptr = in.stats.data_ptr<acc_t>();
+
+  // One block: att <- a and ds <- scale * ds (rows x N each), dzq of its rows.
+  auto process_block = [&](int64_t block, at::Tensor att, at::Tensor ds,
+                           std::vector<acc_t>& w_row) {
+    const int64_t q0 = block * rows_per_block;
+    const int64_t rows = att.size(0);
+    const at::Tensor zq_block = ops.zq.narrow(0, q0, rows);
+    at::mm_out(att, zq_block, ops.mk.t());
+    at::mm_out(ds, in.grad_read.narrow(0, q0, rows), ops.mv.t());
+    acc_t* att_ptr = att.data_ptr<acc_t>();
+    acc_t* ds_ptr = ds.data_ptr<acc_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t q = q0 + r;
+      double g_dot_read = 0;
+      for (int64_t c = 0; c < channels; ++c) {
+        g_dot_read += double(g_ptr[q * channels + c]) * double(read_ptr[q * channels + c]);
+      }
+      const math::RowGrad<acc_t> row = math::make_row_grad<acc_t>(
+          stats_ptr[q], stats_ptr[num_queries + q], entropy_ptr[q],
+          stats_ptr[2 * num_queries + q], gamma_ptr[q], acc_t(g_dot_read));
+      backward_row_best(row, att_ptr + r * num_slots, ds_ptr + r * num_slots, w_row.data(),
+                        num_slots, scale, lam, shrinking);
+    }
+    at::Tensor dzq_block = dzq.narrow(0, q0, rows);
+    at::mm_out(dzq_block, ds, ops.mk);
+  };
+  auto rows_of = [&](int64_t block) {
+    return std::min(rows_per_block, num_queries - block * rows_per_block);
+  };
+
+  if (num_blocks <= at::get_num_threads()) {
+    // Few queries: every thread has at most one block, so the blocks' [a ; ds] together take
+    // no more than per-thread scratch would, while an N x C memory-gradient accumulator per
+    // thread (the path below) would dominate memory when N is large. Keep [a ; ds] of all rows
+    // and form the memory gradient in one GEMM after the row work, on BLAS's threads.
+    at::Tensor att_all = at::empty({num_queries, num_slots}, ops.zq.options());
+    at::Tensor ds_all = at::empty({num_queries, num_slots}, ops.zq.options());
+    at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::vector<acc_t> w_row(num_slots);
+      for (int64_t block = block_begin; block < block_end; ++block) {
+        const int64_t q0 = block * rows_per_block, rows = rows_of(block);
+        process_block(block, att_all.narrow(0, q0, rows), ds_all.narrow(0, q0, rows), w_row);
+      }
+    });
+    at::mm_out(key_grad, ds_all.t(), ops.zq);
+    if (separate_values) {
+      at::mm_out(value_grad, att_all.t(), in.grad_read);
+    } else {
+      key_grad.addmm_(att_all.t(), in.grad_read);
+    }
+    return;
+  }
+
+  // One memory-gradient accumulator per chunk of blocks; chunk 0 writes the outputs.
+  const int64_t num_chunks =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_blocks));
+  std::vector<at::Tensor> key_acc(num_chunks), value_acc(num_chunks);
+  key_acc[0] = key_grad.zero_();
+  value_acc[0] = separate_values ? value_grad.zero_() : value_grad;
+  for (int64_t chunk = 1; chunk < num_chunks; ++chunk) {
+    key_acc[chunk] = at::zeros_like(key_grad);
+    if (separate_values) value_acc[chunk] = at::zeros_like(value_grad);
+  }
 
   at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -295,31 +350,13 @@ void backward_kernel(const Operands& ops, const BackwardInputs& in, double shrin
       const int64_t block_begin = chunk * num_blocks / num_chunks;
       const int64_t block_end = (chunk + 1) * num_blocks / num_chunks;
       for (int64_t block = block_begin; block < block_end; ++block) {
-        const int64_t q0 = block * rows_per_block;
-        const int64_t rows = std::min(rows_per_block, num_queries - q0);
+        const int64_t q0 = block * rows_per_block, rows = rows_of(block);
         at::Tensor stacked = scratch.narrow(0, 0, 2 * rows * num_slots).view({2 * rows, num_slots});
         at::Tensor att = stacked.narrow(0, 0, rows);
         at::Tensor ds = stacked.narrow(0, rows, rows);
+        process_block(block, att, ds, w_row);
         const at::Tensor zq_block = ops.zq.narrow(0, q0, rows);
         const at::Tensor g_block = in.grad_read.narrow(0, q0, rows);
-        at::mm_out(att, zq_block, ops.mk.t());
-        at::mm_out(ds, g_block, ops.mv.t());
-        acc_t* att_ptr = att.data_ptr<acc_t>();
-        acc_t* ds_ptr = ds.data_ptr<acc_t>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t q = q0 + r;
-          double g_dot_read = 0;
-          for (int64_t c = 0; c < channels; ++c) {
-            g_dot_read += double(g_ptr[q * channels + c]) * double(read_ptr[q * channels + c]);
-          }
-          const math::RowGrad<acc_t> row = math::make_row_grad<acc_t>(
-              stats_ptr[q], stats_ptr[num_queries + q], entropy_ptr[q],
-              stats_ptr[2 * num_queries + q], gamma_ptr[q], acc_t(g_dot_read));
-          backward_row_best(row, att_ptr + r * num_slots, ds_ptr + r * num_slots, w_row.data(),
-                       num_slots, scale, lam, shrinking);
-        }
-        at::Tensor dzq_block = dzq.narrow(0, q0, rows);
-        at::mm_out(dzq_block, ds, ops.mk);
         if (separate_values) {
           key_acc[chunk].addmm_(ds.t(), zq_block);
           value_acc[chunk].addmm_(att.t(), g_block);
@@ -336,6 +373,44 @@ void backward_kernel(const Operands& ops, const BackwardInputs& in, double shrin
     key_grad.add_(key_acc[chunk]);
     if (separate_values) value_grad.add_(value_acc[chunk]);
   }
+}
+
+// normalize_rows_backward (memory_read_common.h) plus `extra` when defined, in one pass over
+// the rows: at large N the unfused tensor expression streams N x C tensors through memory
+// about eight times, which cost as much as the backward's matrix products at Q = 128.
+template <typename acc_t>
+void normalize_rows_backward_into(const at::Tensor& x, const at::Tensor& x_hat,
+                                  const at::Tensor& grad, const at::Tensor& extra,
+                                  at::Tensor& out) {
+  const int64_t rows = x.size(0), channels = x.size(1);
+  const acc_t* x_ptr = x.data_ptr<acc_t>();
+  const acc_t* x_hat_ptr = x_hat.data_ptr<acc_t>();
+  const acc_t* grad_ptr = grad.data_ptr<acc_t>();
+  const acc_t* extra_ptr = extra.defined() ? extra.data_ptr<acc_t>() : nullptr;
+  acc_t* out_ptr = out.data_ptr<acc_t>();
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t* xr = x_ptr + r * channels;
+      const acc_t* hr = x_hat_ptr + r * channels;
+      const acc_t* gr = grad_ptr + r * channels;
+      acc_t* o = out_ptr + r * channels;
+      double sum_sq = 0, dot_d = 0;  // C terms each: summed in double, as cheap as float here
+      for (int64_t c = 0; c < channels; ++c) {
+        sum_sq += double(xr[c]) * double(xr[c]);
+        dot_d += double(hr[c]) * double(gr[c]);
+      }
+      const acc_t norm = acc_t(std::sqrt(sum_sq)), dot = acc_t(dot_d);
+      if (norm > acc_t(math::kNormEps)) {
+        for (int64_t c = 0; c < channels; ++c) o[c] = (gr[c] - hr[c] * dot) / norm;
+      } else {
+        for (int64_t c = 0; c < channels; ++c) o[c] = gr[c] / acc_t(math::kNormEps);
+      }
+      if (extra_ptr != nullptr) {
+        const acc_t* er = extra_ptr + r * channels;
+        for (int64_t c = 0; c < channels; ++c) o[c] += er[c];
+      }
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cpu(
@@ -370,8 +445,8 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cpu(
   const auto acc = accumulate_type(dtype);
   const auto to_acc = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
   at::Tensor dzq = at::empty(query.sizes(), query.options().dtype(acc));
-  at::Tensor key_grad = at::zeros(memory.sizes(), memory.options().dtype(acc));
-  at::Tensor value_grad = cosine ? at::zeros_like(key_grad) : at::Tensor();
+  at::Tensor key_grad = at::empty(memory.sizes(), memory.options().dtype(acc));
+  at::Tensor value_grad = cosine ? at::empty_like(key_grad) : at::Tensor();
   const Operands ops = make_operands(query, memory, cosine, acc);
   if (query.size(0) > 0) {
     const BackwardInputs in{to_acc(grad_read), to_acc(grad_entropy), to_acc(read),
@@ -381,9 +456,19 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cpu(
                                 value_grad);
     });
   }
+  if (query.size(0) == 0) {
+    key_grad.zero_();
+    if (cosine) value_grad.zero_();
+  }
   if (!cosine) return std::make_tuple(dzq.to(dtype), key_grad.to(dtype));
-  at::Tensor grad_query = normalize_rows_backward(query.to(acc), ops.zq, dzq);
-  at::Tensor grad_memory = normalize_rows_backward(memory.to(acc), ops.mk, key_grad) + value_grad;
+  at::Tensor grad_query = at::empty_like(dzq);
+  at::Tensor grad_memory = at::empty_like(key_grad);
+  AT_DISPATCH_FLOATING_TYPES(acc, "memory_read_bwd_cpu_normalize", [&] {
+    normalize_rows_backward_into<scalar_t>(query.to(acc).contiguous(), ops.zq, dzq, at::Tensor(),
+                                           grad_query);
+    normalize_rows_backward_into<scalar_t>(memory.to(acc).contiguous(), ops.mk, key_grad,
+                                           value_grad, grad_memory);
+  });
   return std::make_tuple(grad_query.to(dtype), grad_memory.to(dtype));
 }
 
