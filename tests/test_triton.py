@@ -105,6 +105,23 @@ def test_low_precision_close_to_eager_same_precision(dtype, similarity):
     assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_float32_follows_tf32_setting(similarity):
+    # "high" lets float32 products use TF32 on a GPU (the interpreter computes them in float32
+    # regardless). TF32 rounds products to 2^-11; logits 1/temperature = 10 times the cosine
+    # magnify that, hence 1e-2 of the norm, as for 16-bit inputs.
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert triton_memory._dot_precision(torch.float32) == "tf32"
+        want, got, eager = run_both(64, 150, 32, similarity=similarity, shrink_factor=2.0,
+                                    dtype=torch.float32)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert triton_memory._dot_precision(torch.float32) == "ieee" or previous != "highest"
+    assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
+
+
 def test_all_rows_below_threshold_give_zeros():
     query, memory, _ = draw_case(20, 50, 16, shrink_factor=0.0)
     tq = query.to(DEVICE).requires_grad_(True)
