@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import python_ref
-from cases import draw_case, safe_threshold, weights
+from cases import draw, draw_case, safe_threshold, weights
 from memae_fused import _ops_cpp, backends, memory_read
 
 pytestmark = pytest.mark.skipif(
@@ -220,6 +220,9 @@ CUDA_SHAPES = [
     (9, 40, 300),
     (200, 1000, 256),
 ]
+# On a GPU these small shapes all take the split sweeps (grid.z over N in the forward and
+# query-major backward, over Q in the memory-major backward); test_cuda_unsplit_sweeps
+# takes the unsplit ones.
 
 
 @needs_cuda
@@ -275,3 +278,33 @@ def test_cuda_matches_cpu_kernel():
     gpu = torch.ops.memae_fused.memory_read_fwd(query.cuda(), memory.cuda(), lam, True, TEMPERATURE)
     for c, g in zip(cpu, gpu):
         torch.testing.assert_close(g.cpu(), c, rtol=1e-4, atol=1e-5)
+
+
+def _rows_filling_the_gpu():
+    """More owned rows (32 per CTA) than the kernels' split threshold of two CTAs per SM."""
+    return 2 * torch.cuda.get_device_properties(0).multi_processor_count * 32 + 37
+
+
+@needs_cuda
+@pytest.mark.parametrize("side", ["queries", "slots"])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("shrink_factor", [0.0, 2.0])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-5)],
+                         ids=["f64", "f32"])
+def test_cuda_unsplit_sweeps(side, similarity, shrink_factor, dtype, tol):
+    """Many queries: forward and query-major backward unsplit, memory-major split over Q.
+    Many slots: the reverse."""
+    many = _rows_filling_the_gpu()
+    # The long side repeats 300 distinct rows in random order, so that a threshold with a
+    # margin from every weight exists (among millions of distinct weights there is none).
+    gen = torch.Generator().manual_seed(7)
+    query, memory = draw(300, 70, 40, similarity=similarity, seed=11)
+    if side == "queries":
+        query = query[torch.randint(0, 300, (many,), generator=gen)]
+    else:
+        memory = memory[torch.randint(0, 70, (many,), generator=gen)]
+    lam = 0.0
+    if shrink_factor:
+        w = weights(query, memory, similarity, TEMPERATURE)
+        lam = safe_threshold(w, shrink_factor / memory.shape[0])
+    compare(query.to("cuda", dtype), memory.to("cuda", dtype), lam, similarity, "cuda", tol)

@@ -14,6 +14,10 @@
 //   memory-major:   per memory slot, d mk += scale w (dw - R) zq and d mv += a g over the
 //                   queries, with each query's L, S, D, R known: no atomics, deterministic.
 // A C wider than kCols costs one redundant logits pass per extra column chunk.
+// Few rows to own (few queries, or few slots for the memory-major kernel) would leave SMs
+// idle, so the swept side is then split across grid.z (plan_splits) and combined after: the
+// forward's L from the splits' maxima and sums, its read and row sums, the query-major X, Y
+// and R sums (small combine kernels, one CTA per query), the memory-major gradient slices.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -383,36 +387,50 @@ __device__ void logits_tiles(const Layout<scalar_t, kOps>& smem, const scalar_t*
 }
 
 // ------------------------------------------------------------------------------ forward
+// Unsplit: each CTA sweeps all slots twice and writes the finished rows. Split over N (few
+// queries): memory_read_row_max_sum_kernel writes each split's running max and sum, the host
+// combines them into L (stats[0]), memory_read_fwd_kernel<kSplit = true> writes each split's
+// unnormalised read and row sums, and memory_read_fwd_combine_kernel finishes the rows.
 
 template <typename scalar_t>
 struct FwdArgs {
   using acc_t = typename Convert<scalar_t>::acc_t;
   const scalar_t *zq, *mk, *mv;
   scalar_t *read, *entropy;
-  acc_t* stats;  // (3, Q)
+  acc_t* stats;  // (3, Q); with kSplit, stats[0] (L) is an input
   int num_queries, num_slots, channels;
   acc_t scale, lam;
   bool shrinking;
+  int num_splits, slots_per_split;  // grid.z sweeps slots [z, z + 1) * slots_per_split
+  acc_t *part_max, *part_sum;       // (splits, Q): sweep 1 of each split
+  acc_t* part_acc;                  // (splits, Q, C): sweep 2's unnormalised read
+  acc_t* part_rows;                 // (3, splits, Q): sweep 2's row sums
 };
 
+// The rows [begin, end) that grid.z sweeps. per_split is a multiple of kSweep, so only the
+// last split has a partial tile, and its tail is the end of the matrix (zero-filled).
+struct SweepRange {
+  int begin, end;
+};
+__device__ __forceinline__ SweepRange sweep_range(int length, int per_split) {
+  const int begin = blockIdx.z * per_split;
+  return SweepRange{begin, min(length, begin + per_split)};
+}
+
+// Sweep 1 over range: running max and sum of exp of the row's scaled logits.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scalar_t> args) {
+__device__ void row_max_sum(const Layout<scalar_t, 1>& smem, const FwdArgs<scalar_t>& args,
+                            int q0, SweepRange range, typename Convert<scalar_t>::acc_t& run_max,
+                            typename Convert<scalar_t>::acc_t& run_sum) {
   using L = Layout<scalar_t, 1>;
-  using Engine = typename L::Engine;
   using acc_t = typename L::acc_t;
-  using p_t = typename L::p_t;
-  extern __shared__ __align__(128) char shared_bytes[];
-  const L smem{shared_bytes};
-  const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
-  const bool row_valid = q0 + row < args.num_queries;
   const scalar_t* a_ops[1] = {args.zq};
   const scalar_t* b_ops[1] = {args.mk};
   const acc_t* s_tile = smem.s_tile(0);
-
-  // Sweep 1: online logsumexp of the row's scaled logits.
-  acc_t run_max = -std::numeric_limits<acc_t>::infinity(), run_sum = 0;
-  for (int n0 = 0; n0 < args.num_slots; n0 += kSweep) {
+  run_max = -std::numeric_limits<acc_t>::infinity();
+  run_sum = 0;
+  for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
                               args.channels);
     __syncthreads();
@@ -420,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
-      if (n0 + col < args.num_slots) {
+      if (n0 + col < range.end) {
         const acc_t s = args.scale * s_tile[row * L::kLdS + col];
         tile_max = s > tile_max ? s : tile_max;
       }
@@ -431,7 +449,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
-      if (n0 + col < args.num_slots) {
+      if (n0 + col < range.end) {
         tile_sum += math::exp_(args.scale * s_tile[row * L::kLdS + col] - new_max);
       }
     }
@@ -439,14 +457,59 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
     run_max = new_max;
     __syncthreads();  // s_tile is rewritten by the next tile
   }
-  const acc_t lse = run_max + math::log_(run_sum);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    memory_read_row_max_sum_kernel(FwdArgs<scalar_t> args) {
+  using L = Layout<scalar_t, 1>;
+  using acc_t = typename L::acc_t;
+  extern __shared__ __align__(128) char shared_bytes[];
+  const L smem{shared_bytes};
+  const int q0 = blockIdx.x * kRows;
+  const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
+  acc_t run_max, run_sum;
+  row_max_sum(smem, args, q0, sweep_range(args.num_slots, args.slots_per_split), run_max, run_sum);
+  if (lane == 0 && q0 + row < args.num_queries) {
+    const int64_t at = static_cast<int64_t>(blockIdx.z) * args.num_queries + q0 + row;
+    args.part_max[at] = run_max;
+    args.part_sum[at] = run_sum;
+  }
+}
+
+template <typename scalar_t, bool kSplit>
+__global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scalar_t> args) {
+  using L = Layout<scalar_t, 1>;
+  using Engine = typename L::Engine;
+  using acc_t = typename L::acc_t;
+  using p_t = typename L::p_t;
+  extern __shared__ __align__(128) char shared_bytes[];
+  const L smem{shared_bytes};
+  const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
+  const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
+  const int q = q0 + row;
+  const bool row_valid = q < args.num_queries;
+  const SweepRange range =
+      kSplit ? sweep_range(args.num_slots, args.slots_per_split) : SweepRange{0, args.num_slots};
+  const scalar_t* a_ops[1] = {args.zq};
+  const scalar_t* b_ops[1] = {args.mk};
+  const acc_t* s_tile = smem.s_tile(0);
+
+  acc_t lse;
+  if (kSplit) {
+    lse = row_valid ? args.stats[q] : acc_t(0);
+  } else {
+    acc_t run_max, run_sum;
+    row_max_sum(smem, args, q0, range, run_max, run_sum);
+    lse = run_max + math::log_(run_sum);
+  }
 
   // Sweep 2: weights, read accumulation and the row's entropy terms.
   typename Engine::OAcc out;
   Engine::zero(out);
   acc_t sum_a = 0, sum_b = 0, num_kept = 0;  // lam = 0: entropy, A' terms; lam > 0: h, h log h
   p_t* p_tile = smem.p_tile(0);
-  for (int n0 = 0; n0 < args.num_slots; n0 += kSweep) {
+  for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
                               args.channels);
     __syncthreads();
@@ -454,7 +517,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
       acc_t p = 0;
-      if (row_valid && n0 + col < args.num_slots) {
+      if (row_valid && n0 + col < range.end) {
         const acc_t w = math::exp_(args.scale * s_tile[row * L::kLdS + col] - lse);
         if (!args.shrinking) {
           p = w;
@@ -479,18 +542,27 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   sum_a = group_sum(sum_a);
   sum_b = group_sum(sum_b);
   num_kept = group_sum(num_kept);
-  const math::RowResult<acc_t> result = args.shrinking
-                                            ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
-                                            : math::finish_plain_row(sum_a, sum_b);
   acc_t* row_scale = smem.stats(0);
-  if (lane == 0) {
-    row_scale[row] = result.inv_sum;
-    if (row_valid && blockIdx.y == 0) {
-      const int q = q0 + row;
-      args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
-      args.stats[q] = lse;
-      args.stats[args.num_queries + q] = args.shrinking ? sum_a : acc_t(1);
-      args.stats[2 * args.num_queries + q] = result.a_prime;
+  if (kSplit) {
+    if (lane == 0 && row_valid && blockIdx.y == 0) {
+      const int64_t plane = static_cast<int64_t>(args.num_splits) * args.num_queries;
+      const int64_t at = static_cast<int64_t>(blockIdx.z) * args.num_queries + q;
+      args.part_rows[at] = sum_a;
+      args.part_rows[plane + at] = sum_b;
+      args.part_rows[2 * plane + at] = num_kept;
+    }
+  } else {
+    const math::RowResult<acc_t> result = args.shrinking
+                                              ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
+                                              : math::finish_plain_row(sum_a, sum_b);
+    if (lane == 0) {
+      row_scale[row] = result.inv_sum;
+      if (row_valid && blockIdx.y == 0) {
+        args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
+        args.stats[q] = lse;
+        args.stats[args.num_queries + q] = args.shrinking ? sum_a : acc_t(1);
+        args.stats[2 * args.num_queries + q] = result.a_prime;
+      }
     }
   }
   acc_t* stage = smem.stage(0);
@@ -499,13 +571,57 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
     const int r = idx / L::kCols, c = idx % L::kCols;
     if (q0 + r < args.num_queries && c0 + c < args.channels) {
-      args.read[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
-          Convert<scalar_t>::from_acc(stage[r * L::kLdO + c] * row_scale[r]);
+      if (kSplit) {
+        args.part_acc[(static_cast<int64_t>(blockIdx.z) * args.num_queries + q0 + r) *
+                          args.channels + c0 + c] = stage[r * L::kLdO + c];
+      } else {
+        args.read[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
+            Convert<scalar_t>::from_acc(stage[r * L::kLdO + c] * row_scale[r]);
+      }
     }
   }
 }
 
+constexpr int kCombineThreads = 128;
+
+// One CTA per query row: adds the splits' row sums and reads (in split order, so the result
+// is deterministic) and finishes the row like the unsplit kernel.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kCombineThreads)
+    memory_read_fwd_combine_kernel(FwdArgs<scalar_t> args) {
+  using acc_t = typename Convert<scalar_t>::acc_t;
+  __shared__ acc_t inv_sum;
+  const int q = blockIdx.x;
+  const int64_t plane = static_cast<int64_t>(args.num_splits) * args.num_queries;
+  if (threadIdx.x == 0) {
+    acc_t sum_a = 0, sum_b = 0, num_kept = 0;
+    for (int split = 0; split < args.num_splits; ++split) {
+      const int64_t at = static_cast<int64_t>(split) * args.num_queries + q;
+      sum_a += args.part_rows[at];
+      sum_b += args.part_rows[plane + at];
+      num_kept += args.part_rows[2 * plane + at];
+    }
+    const math::RowResult<acc_t> result = args.shrinking
+                                              ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
+                                              : math::finish_plain_row(sum_a, sum_b);
+    args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
+    args.stats[args.num_queries + q] = args.shrinking ? sum_a : acc_t(1);
+    args.stats[2 * args.num_queries + q] = result.a_prime;
+    inv_sum = result.inv_sum;
+  }
+  __syncthreads();
+  const int64_t split_stride = static_cast<int64_t>(args.num_queries) * args.channels;
+  for (int c = threadIdx.x; c < args.channels; c += kCombineThreads) {
+    const int64_t at = static_cast<int64_t>(q) * args.channels + c;
+    acc_t total = 0;
+    for (int split = 0; split < args.num_splits; ++split) total += args.part_acc[split * split_stride + at];
+    args.read[at] = Convert<scalar_t>::from_acc(total * inv_sum);
+  }
+}
+
 // --------------------------------------------------------------------- backward, queries
+// Split over N like the forward: each split writes its X, Y, sum w (dw - c) and sum w, and
+// memory_read_bwd_combine_kernel finishes R' and d zq.
 
 template <typename scalar_t>
 struct BwdArgs {
@@ -515,13 +631,17 @@ struct BwdArgs {
   acc_t* row_r;        // (Q): R of each query row, written by the query-major kernel
   acc_t* row_d;        // (Q): D of each query row, likewise
   acc_t* grad_zq;      // (Q, C)
-  acc_t *grad_mk, *grad_mv;  // (N, C)
+  acc_t *grad_mk, *grad_mv;  // (query splits, N, C): summed by the host when split
   int num_queries, num_slots, channels;
   acc_t scale, lam;
   bool shrinking;
+  int num_splits, slots_per_split;  // query-major kernel: grid.z's share of the slots
+  int queries_per_split;            // memory-major kernel: grid.z's share of the queries
+  acc_t *part_x, *part_y;           // (splits, Q, C)
+  acc_t *part_p, *part_w;           // (splits, Q): sum w (dw - c) and sum w
 };
 
-template <typename scalar_t>
+template <typename scalar_t, bool kSplit>
 __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs<scalar_t> args) {
   using L = Layout<scalar_t, 2>;
   using Engine = typename L::Engine;
@@ -533,6 +653,8 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
   const int q = q0 + row;
   const bool row_valid = q < args.num_queries;
+  const SweepRange range =
+      kSplit ? sweep_range(args.num_slots, args.slots_per_split) : SweepRange{0, args.num_slots};
 
   // The row's constants: D needs g . read.
   acc_t g_dot_read = 0;
@@ -558,7 +680,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
   Engine::zero(x_acc);
   Engine::zero(y_acc);
   acc_t sum_p = 0, sum_w = 0;
-  for (int n0 = 0; n0 < args.num_slots; n0 += kSweep) {
+  for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 2>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
                               args.channels);
     __syncthreads();
@@ -566,7 +688,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
       acc_t p = 0, w = 0;
-      if (row_valid && n0 + col < args.num_slots) {
+      if (row_valid && n0 + col < range.end) {
         const math::SlotGrad<acc_t> slot = math::slot_grad(
             row_grad, args.lam, args.shrinking, with_entropy,
             args.scale * smem.s_tile(0)[row * L::kLdS + col], smem.s_tile(1)[row * L::kLdS + col]);
@@ -588,13 +710,22 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
 
   sum_p = group_sum(sum_p);
   sum_w = group_sum(sum_w);
-  const acc_t r_shifted = row_valid ? math::finish_r(sum_p, sum_w) : acc_t(0);
   acc_t* row_r = smem.stats(0);
-  if (lane == 0) {
-    row_r[row] = r_shifted;
-    if (row_valid && blockIdx.y == 0) {
-      args.row_r[q] = r_shifted + shift;
-      args.row_d[q] = row_grad.d;
+  if (kSplit) {
+    if (lane == 0 && row_valid && blockIdx.y == 0) {
+      const int64_t at = static_cast<int64_t>(blockIdx.z) * args.num_queries + q;
+      args.part_p[at] = sum_p;
+      args.part_w[at] = sum_w;
+      if (blockIdx.z == 0) args.row_d[q] = row_grad.d;
+    }
+  } else {
+    const acc_t r_shifted = row_valid ? math::finish_r(sum_p, sum_w) : acc_t(0);
+    if (lane == 0) {
+      row_r[row] = r_shifted;
+      if (row_valid && blockIdx.y == 0) {
+        args.row_r[q] = r_shifted + shift;
+        args.row_d[q] = row_grad.d;
+      }
     }
   }
   Engine::store(x_acc, smem.stage(0), L::kLdO);
@@ -604,13 +735,54 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
     const int r = idx / L::kCols, c = idx % L::kCols;
     if (q0 + r < args.num_queries && c0 + c < args.channels) {
       const int s = r * L::kLdO + c;
-      args.grad_zq[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
-          args.scale * (smem.stage(0)[s] - row_r[r] * smem.stage(1)[s]);
+      if (kSplit) {
+        const int64_t at = (static_cast<int64_t>(blockIdx.z) * args.num_queries + q0 + r) *
+                               args.channels + c0 + c;
+        args.part_x[at] = smem.stage(0)[s];
+        args.part_y[at] = smem.stage(1)[s];
+      } else {
+        args.grad_zq[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
+            args.scale * (smem.stage(0)[s] - row_r[r] * smem.stage(1)[s]);
+      }
     }
   }
 }
 
+// One CTA per query row: R' from the splits' sums, then d zq = scale (X - R' Y), adding the
+// splits in order (deterministic).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kCombineThreads)
+    memory_read_bwd_combine_kernel(BwdArgs<scalar_t> args) {
+  using acc_t = typename Convert<scalar_t>::acc_t;
+  __shared__ acc_t r_shifted;
+  const int q = blockIdx.x;
+  if (threadIdx.x == 0) {
+    acc_t sum_p = 0, sum_w = 0;
+    for (int split = 0; split < args.num_splits; ++split) {
+      const int64_t at = static_cast<int64_t>(split) * args.num_queries + q;
+      sum_p += args.part_p[at];
+      sum_w += args.part_w[at];
+    }
+    const acc_t r = math::finish_r(sum_p, sum_w);
+    args.row_r[q] = r + (args.shrinking ? acc_t(0) : args.row_d[q]);
+    r_shifted = r;
+  }
+  __syncthreads();
+  const int64_t split_stride = static_cast<int64_t>(args.num_queries) * args.channels;
+  for (int c = threadIdx.x; c < args.channels; c += kCombineThreads) {
+    const int64_t at = static_cast<int64_t>(q) * args.channels + c;
+    acc_t x = 0, y = 0;
+    for (int split = 0; split < args.num_splits; ++split) {
+      x += args.part_x[split * split_stride + at];
+      y += args.part_y[split * split_stride + at];
+    }
+    args.grad_zq[at] = args.scale * (x - r_shifted * y);
+  }
+}
+
 // ---------------------------------------------------------------------- backward, memory
+// Split over the queries when slots are few: grid.z writes its own (N, C) slice of
+// grad_mk/grad_mv, which the host adds up.
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArgs<scalar_t> args) {
@@ -623,6 +795,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
   const int n0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
   const bool row_valid = n0 + row < args.num_slots;
+  const SweepRange range = sweep_range(args.num_queries, args.queries_per_split);
   acc_t *col_lse = smem.stats(0), *col_inv_sum = smem.stats(1), *col_d = smem.stats(2),
         *col_gamma = smem.stats(3), *col_r = smem.stats(4);
 
@@ -632,11 +805,11 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
   typename Engine::OAcc key_acc, value_acc;
   Engine::zero(key_acc);
   Engine::zero(value_acc);
-  for (int q0 = 0; q0 < args.num_queries; q0 += kSweep) {
+  for (int q0 = range.begin; q0 < range.end; q0 += kSweep) {
     // The tile's per-query constants (visible after the syncs inside logits_tiles).
     for (int j = threadIdx.x; j < kSweep; j += kThreads) {
       const int q = q0 + j;
-      if (q < args.num_queries) {
+      if (q < range.end) {
         const acc_t sum_h = args.stats[args.num_queries + q];
         col_lse[j] = args.stats[q];
         col_inv_sum[j] = acc_t(1) / (sum_h > acc_t(math::kSumEps) ? sum_h : acc_t(math::kSumEps));
@@ -655,7 +828,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
       acc_t ds = 0, a = 0;
-      if (row_valid && q0 + col < args.num_queries) {
+      if (row_valid && q0 + col < range.end) {
         const math::RowGrad<acc_t> query_grad{col_lse[col], col_inv_sum[col], col_d[col],
                                               col_gamma[col]};
         const math::SlotGrad<acc_t> slot = math::slot_grad(
@@ -680,11 +853,12 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
   Engine::store(key_acc, smem.stage(0), L::kLdO);
   Engine::store(value_acc, smem.stage(1), L::kLdO);
   __syncthreads();
+  const int64_t slice = static_cast<int64_t>(blockIdx.z) * args.num_slots * args.channels;
   for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
     const int r = idx / L::kCols, c = idx % L::kCols;
     if (n0 + r < args.num_slots && c0 + c < args.channels) {
       const int s = r * L::kLdO + c;
-      const int64_t at = static_cast<int64_t>(n0 + r) * args.channels + c0 + c;
+      const int64_t at = slice + static_cast<int64_t>(n0 + r) * args.channels + c0 + c;
       args.grad_mk[at] = args.scale * smem.stage(0)[s];
       args.grad_mv[at] = smem.stage(1)[s];
     }
@@ -705,6 +879,24 @@ int checked_int(int64_t value, const char* what) {
   return static_cast<int>(value);
 }
 
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How a sweep of `length` rows is split across grid.z: enough splits that num_ctas * splits
+// reaches two CTAs per SM (each CTA holds ~50-100 KiB of shared memory), in whole kSweep tiles.
+struct SplitPlan {
+  int splits, per_split;
+};
+
+SplitPlan plan_splits(int64_t num_ctas, int64_t length, const at::Tensor& on) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, on.get_device()));
+  const int64_t target = 2 * static_cast<int64_t>(sms);
+  const int64_t tiles = ceil_div(length, kSweep);
+  const int64_t wanted = num_ctas >= target ? 1 : std::min(tiles, ceil_div(target, num_ctas));
+  const int64_t per_split = ceil_div(tiles, std::max<int64_t>(wanted, 1)) * kSweep;
+  return SplitPlan{static_cast<int>(ceil_div(length, per_split)), static_cast<int>(per_split)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     const at::Tensor& query, const at::Tensor& memory, double shrink_thres, bool cosine,
     double temperature) {
@@ -723,7 +915,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     using native_t = typename Native<scalar_t>::type;
     using L = Layout<native_t, 1>;
     using acc_t = typename Convert<native_t>::acc_t;
-    FwdArgs<native_t> args;
+    FwdArgs<native_t> args{};
     args.zq = reinterpret_cast<const native_t*>(ops.zq.data_ptr<scalar_t>());
     args.mk = reinterpret_cast<const native_t*>(ops.mk.data_ptr<scalar_t>());
     args.mv = reinterpret_cast<const native_t*>(ops.mv.data_ptr<scalar_t>());
@@ -736,10 +928,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     args.scale = acc_t(1.0 / temperature);
     args.lam = acc_t(shrink_thres);
     args.shrinking = shrink_thres > 0;
-    const dim3 grid((num_queries + kRows - 1) / kRows, (channels + L::kCols - 1) / L::kCols);
-    set_shared_memory(memory_read_fwd_kernel<native_t>, L::kBytes);
-    memory_read_fwd_kernel<native_t>
-        <<<grid, kThreads, L::kBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const int64_t q_blocks = ceil_div(num_queries, kRows);
+    const int64_t col_chunks = ceil_div(channels, L::kCols);
+    const SplitPlan plan = plan_splits(q_blocks * col_chunks, memory.size(0), query);
+    args.num_splits = plan.splits;
+    args.slots_per_split = plan.per_split;
+    if (plan.splits == 1) {
+      set_shared_memory(memory_read_fwd_kernel<native_t, false>, L::kBytes);
+      memory_read_fwd_kernel<native_t, false>
+          <<<dim3(q_blocks, col_chunks), kThreads, L::kBytes, stream>>>(args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const auto acc_options = query.options().dtype(acc);
+    at::Tensor part_max = at::empty({plan.splits, num_queries}, acc_options);
+    at::Tensor part_sum = at::empty({plan.splits, num_queries}, acc_options);
+    at::Tensor part_acc = at::empty({plan.splits, num_queries, channels}, acc_options);
+    at::Tensor part_rows = at::empty({3, plan.splits, num_queries}, acc_options);
+    args.part_max = part_max.data_ptr<acc_t>();
+    args.part_sum = part_sum.data_ptr<acc_t>();
+    args.part_acc = part_acc.data_ptr<acc_t>();
+    args.part_rows = part_rows.data_ptr<acc_t>();
+    set_shared_memory(memory_read_row_max_sum_kernel<native_t>, L::kBytes);
+    memory_read_row_max_sum_kernel<native_t>
+        <<<dim3(q_blocks, 1, plan.splits), kThreads, L::kBytes, stream>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // L = m + log sum_splits l exp(m_split - m), into stats[0] where sweep 2 reads it.
+    const at::Tensor top = part_max.amax(0);
+    stats.select(0, 0).copy_(top + (part_sum * (part_max - top).exp()).sum(0).log());
+    set_shared_memory(memory_read_fwd_kernel<native_t, true>, L::kBytes);
+    memory_read_fwd_kernel<native_t, true>
+        <<<dim3(q_blocks, col_chunks, plan.splits), kThreads, L::kBytes, stream>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    memory_read_fwd_combine_kernel<native_t>
+        <<<num_queries, kCombineThreads, 0, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return std::make_tuple(read, entropy, stats);
@@ -769,8 +992,7 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
   at::Tensor grad_zq = at::empty({num_queries, channels}, acc_options);
   at::Tensor row_r = at::empty({num_queries}, acc_options);
   at::Tensor row_d = at::empty({num_queries}, acc_options);
-  at::Tensor grad_mk = at::empty({num_slots, channels}, acc_options);
-  at::Tensor grad_mv = at::empty({num_slots, channels}, acc_options);
+  at::Tensor grad_mk, grad_mv;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "memory_read_bwd_cuda", [&] {
     using native_t = typename Native<scalar_t>::type;
     using L = Layout<native_t, 2>;
@@ -778,7 +1000,7 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     const auto ptr = [](const at::Tensor& t) {
       return reinterpret_cast<const native_t*>(t.data_ptr<scalar_t>());
     };
-    BwdArgs<native_t> args;
+    BwdArgs<native_t> args{};
     args.zq = ptr(ops.zq);
     args.mk = ptr(ops.mk);
     args.mv = ptr(ops.mv);
@@ -790,8 +1012,6 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     args.row_r = row_r.data_ptr<acc_t>();
     args.row_d = row_d.data_ptr<acc_t>();
     args.grad_zq = grad_zq.data_ptr<acc_t>();
-    args.grad_mk = grad_mk.data_ptr<acc_t>();
-    args.grad_mv = grad_mv.data_ptr<acc_t>();
     args.num_queries = checked_int(num_queries, "Q");
     args.num_slots = checked_int(num_slots, "N");
     args.channels = checked_int(channels, "C");
@@ -799,17 +1019,52 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     args.lam = acc_t(shrink_thres);
     args.shrinking = shrink_thres > 0;
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    const int col_chunks = (channels + L::kCols - 1) / L::kCols;
+    const int64_t col_chunks = ceil_div(channels, L::kCols);
+
     // Query-major first: it writes the R and D that the memory-major kernel reads.
-    set_shared_memory(memory_read_bwd_query_kernel<native_t>, L::kBytes);
-    memory_read_bwd_query_kernel<native_t>
-        <<<dim3((num_queries + kRows - 1) / kRows, col_chunks), kThreads, L::kBytes, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t q_blocks = ceil_div(num_queries, kRows);
+    const SplitPlan slot_plan = plan_splits(q_blocks * col_chunks, num_slots, query);
+    args.num_splits = slot_plan.splits;
+    args.slots_per_split = slot_plan.per_split;
+    at::Tensor part_x, part_y, part_p, part_w;
+    if (slot_plan.splits == 1) {
+      set_shared_memory(memory_read_bwd_query_kernel<native_t, false>, L::kBytes);
+      memory_read_bwd_query_kernel<native_t, false>
+          <<<dim3(q_blocks, col_chunks), kThreads, L::kBytes, stream>>>(args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      part_x = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
+      part_y = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
+      part_p = at::empty({slot_plan.splits, num_queries}, acc_options);
+      part_w = at::empty({slot_plan.splits, num_queries}, acc_options);
+      args.part_x = part_x.data_ptr<acc_t>();
+      args.part_y = part_y.data_ptr<acc_t>();
+      args.part_p = part_p.data_ptr<acc_t>();
+      args.part_w = part_w.data_ptr<acc_t>();
+      set_shared_memory(memory_read_bwd_query_kernel<native_t, true>, L::kBytes);
+      memory_read_bwd_query_kernel<native_t, true>
+          <<<dim3(q_blocks, col_chunks, slot_plan.splits), kThreads, L::kBytes, stream>>>(args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      memory_read_bwd_combine_kernel<native_t>
+          <<<num_queries, kCombineThreads, 0, stream>>>(args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+
+    const int64_t n_blocks = ceil_div(num_slots, kRows);
+    const SplitPlan query_plan = plan_splits(n_blocks * col_chunks, num_queries, query);
+    args.queries_per_split = query_plan.per_split;
+    grad_mk = at::empty({query_plan.splits, num_slots, channels}, acc_options);
+    grad_mv = at::empty({query_plan.splits, num_slots, channels}, acc_options);
+    args.grad_mk = grad_mk.data_ptr<acc_t>();
+    args.grad_mv = grad_mv.data_ptr<acc_t>();
     set_shared_memory(memory_read_bwd_memory_kernel<native_t>, L::kBytes);
     memory_read_bwd_memory_kernel<native_t>
-        <<<dim3((num_slots + kRows - 1) / kRows, col_chunks), kThreads, L::kBytes, stream>>>(args);
+        <<<dim3(n_blocks, col_chunks, query_plan.splits), kThreads, L::kBytes, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  // The query splits' slices, added by ATen's (deterministic) reduction.
+  grad_mk = grad_mk.size(0) == 1 ? grad_mk[0] : grad_mk.sum(0);
+  grad_mv = grad_mv.size(0) == 1 ? grad_mv[0] : grad_mv.sum(0);
   if (!cosine) return std::make_tuple(grad_zq.to(dtype), (grad_mk + grad_mv).to(dtype));
   const at::Tensor query_acc = query.to(acc), memory_acc = memory.to(acc);
   at::Tensor grad_query = normalize_rows_backward(query_acc, normalize_rows(query_acc), grad_zq);
