@@ -10,6 +10,9 @@
 # the tests have hard time limits, the benchmarks get what they leave and skip the cases they
 # have no time for (listed as skipped in the log).
 #
+# Last, bench/capacity.py runs the largest problem, (65536, 100000, 256) bf16 forward +
+# backward, with each fused backend (GPU_CHECK_CAPACITY_SECONDS, default 90; 0 skips it).
+#
 # Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (500), TORCH_CUDA_ARCH_LIST (9.0),
 # GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all), GPU_CHECK_BENCH_ARGS (more
 # pytest arguments for the benchmarks, e.g. "-k bfloat16"),
@@ -98,17 +101,24 @@ for name in backends.BACKENDS:
   local extra=()
   read -r -a extra <<< "${GPU_CHECK_BENCH_ARGS:-}"
   bench_args+=("${extra[@]}")
-  left=$(( TOTAL_S - $(elapsed) - 60 ))
+  # The capacity check runs last, in the time set aside for it here.
+  local capacity_s=${GPU_CHECK_CAPACITY_SECONDS:-90}
+  left=$(( TOTAL_S - $(elapsed) - 60 - capacity_s ))
   [ $left -lt 60 ] && left=60
   sweep_s=$(( left / 3 ))
   run_step sweep timeout -s INT $(( sweep_s + 45 )) "$PY" -m pytest bench/test_memory_read.py::test_sweep \
     -q -p no:cacheprovider "${bench_args[@]}" --bench-budget "$sweep_s" \
     --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
-  left=$(( TOTAL_S - $(elapsed) - 45 ))
+  left=$(( TOTAL_S - $(elapsed) - 45 - capacity_s ))
   perf_s=$(( left < 40 ? 40 : left ))
   run_step perf timeout -s INT $(( perf_s + 45 )) "$PY" -m pytest bench/test_memory_read.py::test_perf \
     -q -p no:cacheprovider "${bench_args[@]}" --bench-budget "$perf_s" \
     --benchmark-json "$OUT/bench-perf.json" --benchmark-columns=median,iqr,rounds
+
+  local capacity_args=()
+  [ "$has_gpu" != 1 ] && capacity_args+=(--allow-cpu)
+  [ "$capacity_s" -gt 0 ] && run_step capacity timeout -s INT "$capacity_s" "$PY" bench/capacity.py \
+    "${capacity_args[@]}" --json "$OUT/capacity.json"
 
   echo
   run_step report "$PY" bench/report.py "$OUT/bench-sweep.json" "$OUT/bench-perf.json" \
