@@ -43,10 +43,12 @@ EPS = 1e-12
 @triton.jit
 def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
     # Triton's CPU interpreter gets 16-bit dots wrong, so under it they run in float32.
+    # out_dtype follows the accumulator: Triton 3.6 rejects a float64 acc with the default.
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee",
+                      out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision=PREC)
+        return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
 
 
 @triton.jit
