@@ -192,6 +192,21 @@ def test_empty_query_and_non_contiguous_inputs():
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("lam", [0.0, 0.05, 0.5])  # uniform weights 1/9: all kept / all dropped
+def test_zero_channels(device, similarity, lam):
+    """C = 0: every logit is 0, so the weights are uniform; read and gradients are empty."""
+    query = torch.randn(6, 0, dtype=torch.float64, device=device)
+    memory = torch.randn(9, 0, dtype=torch.float64, device=device)
+    backend = "cpp" if device == "cpu" else "cuda"
+    read, entropy, grad_query, grad_memory = compare(query, memory, lam, similarity, backend,
+                                                     1e-12)
+    assert read.shape == (6, 0) and grad_query.shape == (6, 0) and grad_memory.shape == (9, 0)
+    expected = 0.0 if lam == 0.5 else torch.log(torch.tensor(9.0, dtype=torch.float64)).item()
+    torch.testing.assert_close(entropy.cpu(), torch.full((6,), expected, dtype=torch.float64))
+
+
 def test_auto_uses_cpp_on_cpu():
     assert backends.resolve("auto", torch.device("cpu")) == "cpp"
 

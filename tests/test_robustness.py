@@ -12,6 +12,11 @@ from cases import check_against_reference, draw_case, eager_in_orders
 from memae_fused import FusedMemory, memory_read
 
 CPU_BACKENDS = memae_fused.available_backends("cpu")
+# (backend, device): every backend on every device present; on a GPU the property test below
+# also runs the Triton and CUDA kernels on CUDA tensors.
+DEVICE_BACKENDS = [(b, "cpu") for b in CPU_BACKENDS] + (
+    [(b, "cuda") for b in memae_fused.available_backends("cuda") if b != "reference"]
+    if torch.cuda.is_available() else [])
 
 
 def read_and_grads(fn, query, memory, grad_read, grad_ent, **kwargs):
@@ -22,7 +27,7 @@ def read_and_grads(fn, query, memory, grad_read, grad_ent, **kwargs):
     return (res.read, res.entropy, *torch.autograd.grad(loss, (query, memory)))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend,device", DEVICE_BACKENDS, ids=lambda x: x)
 @settings(max_examples=20, deadline=None)
 @given(
     q=st.integers(1, 40), n=st.integers(1, 90), c=st.integers(1, 48),
@@ -32,8 +37,8 @@ def read_and_grads(fn, query, memory, grad_read, grad_ent, **kwargs):
     dtype=st.sampled_from([torch.float64, torch.float32]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_every_backend_agrees_with_reference(backend, q, n, c, similarity, shrink_factor,
-                                             temperature, dtype, seed):
+def test_every_backend_agrees_with_reference(backend, device, q, n, c, similarity,
+                                             shrink_factor, temperature, dtype, seed):
     if n == 1:
         shrink_factor = min(shrink_factor, 0.5)
     query, memory, lam = draw_case(q, n, c, shrink_factor=shrink_factor, similarity=similarity,
@@ -45,8 +50,10 @@ def test_every_backend_agrees_with_reference(backend, q, n, c, similarity, shrin
     kwargs = dict(shrink_thres=lam, similarity=similarity, temperature=temperature)
     want = read_and_grads(python_ref.memory_read, query.double(), memory.double(), grad_read,
                           grad_ent, **kwargs)
-    got = read_and_grads(lambda *a, **k: memory_read(*a, backend=backend, **k), query, memory,
-                         grad_read.to(dtype), grad_ent.to(dtype), **kwargs)
+    got = read_and_grads(lambda *a, **k: memory_read(*a, backend=backend, **k),
+                         query.to(device), memory.to(device), grad_read.to(device, dtype),
+                         grad_ent.to(device, dtype), **kwargs)
+    got = [t.cpu() for t in got]
     eager = eager_in_orders(
         lambda *inputs: read_and_grads(python_ref.memory_read, *inputs, **kwargs),
         query, memory, grad_read.to(dtype), grad_ent.to(dtype))

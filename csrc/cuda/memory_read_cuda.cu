@@ -6,8 +6,8 @@
 // kChunkK, applies the per-element math of memory_math.h in shared memory, and accumulates
 // O += P V with P the kRows x kSweep tile just computed. Tile products run on tensor cores
 // (WMMA, fp32 accumulation) for float16/bfloat16 and on FFMA for float32/float64.
-//   forward:        sweep 1 online logsumexp L; sweep 2 h (or w), read += h mv, entropy and A'
-//                   accumulators; read /= max(S, eps).
+//   forward:        sweep 1 online max m and sum l; sweep 2 w = exp((s - m) - log l), h,
+//                   read += h mv, entropy and A' accumulators; read /= max(S, eps).
 //   query-major:    per query row, X += w (dw - c) mk and Y += w mk, R' = sum w (dw - c) /
 //                   sum w, so d zq = scale (X - R' Y) in one sweep; c = D for lam = 0 (then
 //                   R' ~ 0, which keeps low-precision P tiles well conditioned), else 0.
@@ -403,6 +403,7 @@ struct FwdArgs {
   bool shrinking;
   int num_splits, slots_per_split;  // grid.z sweeps slots [z, z + 1) * slots_per_split
   acc_t *part_max, *part_sum;       // (splits, Q): sweep 1 of each split
+  const acc_t* row_max_logl;        // (2, Q): the combined m and log l, input of kSplit
   acc_t* part_acc;                  // (splits, Q, C): sweep 2's unnormalised read
   acc_t* part_rows;                 // (3, splits, Q): sweep 2's row sums
 };
@@ -495,13 +496,16 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   const scalar_t* b_ops[1] = {args.mk};
   const acc_t* s_tile = smem.s_tile(0);
 
-  acc_t lse;
+  // w = exp((s - m) - log l), not exp(s - L): L = m + log l rounded (|L| up to ~1/tau) would
+  // cost every weight ulp(L)/2 relative error, and near one-hot rows' entropy far more.
+  acc_t row_max, row_log_l;
   if (kSplit) {
-    lse = row_valid ? args.stats[q] : acc_t(0);
+    row_max = row_valid ? args.row_max_logl[q] : acc_t(0);
+    row_log_l = row_valid ? args.row_max_logl[int64_t(args.num_queries) + q] : acc_t(0);
   } else {
-    acc_t run_max, run_sum;
-    row_max_sum(smem, args, q0, range, run_max, run_sum);
-    lse = run_max + math::log_(run_sum);
+    acc_t run_sum;
+    row_max_sum(smem, args, q0, range, row_max, run_sum);
+    row_log_l = math::log_(run_sum);
   }
 
   // Sweep 2: weights, read accumulation and the row's entropy terms.
@@ -518,7 +522,8 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
       const int col = lane + kGroup * k;
       acc_t p = 0;
       if (row_valid && n0 + col < range.end) {
-        const acc_t w = math::exp_(args.scale * s_tile[row * L::kLdS + col] - lse);
+        const acc_t w =
+            math::exp_((args.scale * s_tile[row * L::kLdS + col] - row_max) - row_log_l);
         if (!args.shrinking) {
           p = w;
           sum_a += math::entropy_term(w);
@@ -559,9 +564,9 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
       row_scale[row] = result.inv_sum;
       if (row_valid && blockIdx.y == 0) {
         args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
-        args.stats[q] = lse;
-        args.stats[args.num_queries + q] = args.shrinking ? sum_a : acc_t(1);
-        args.stats[2 * args.num_queries + q] = result.a_prime;
+        args.stats[q] = row_max + row_log_l;
+        args.stats[int64_t(args.num_queries) + q] = args.shrinking ? sum_a : acc_t(1);
+        args.stats[2 * int64_t(args.num_queries) + q] = result.a_prime;
       }
     }
   }
@@ -605,8 +610,8 @@ __global__ void __launch_bounds__(kCombineThreads)
                                               ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
                                               : math::finish_plain_row(sum_a, sum_b);
     args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
-    args.stats[args.num_queries + q] = args.shrinking ? sum_a : acc_t(1);
-    args.stats[2 * args.num_queries + q] = result.a_prime;
+    args.stats[int64_t(args.num_queries) + q] = args.shrinking ? sum_a : acc_t(1);
+    args.stats[2 * int64_t(args.num_queries) + q] = result.a_prime;
     inv_sum = result.inv_sum;
   }
   __syncthreads();
@@ -614,7 +619,9 @@ __global__ void __launch_bounds__(kCombineThreads)
   for (int c = threadIdx.x; c < args.channels; c += kCombineThreads) {
     const int64_t at = static_cast<int64_t>(q) * args.channels + c;
     acc_t total = 0;
-    for (int split = 0; split < args.num_splits; ++split) total += args.part_acc[split * split_stride + at];
+    for (int split = 0; split < args.num_splits; ++split) {
+      total += args.part_acc[split * split_stride + at];
+    }
     args.read[at] = Convert<scalar_t>::from_acc(total * inv_sum);
   }
 }
@@ -666,10 +673,10 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
   g_dot_read = group_sum(g_dot_read);  // outside the branch: the whole warp must shuffle
   math::RowGrad<acc_t> row_grad{0, 1, 0, 0};
   if (row_valid) {
+    const int64_t plane = args.num_queries;
     row_grad = math::make_row_grad<acc_t>(
-        args.stats[q], args.stats[args.num_queries + q], Convert<scalar_t>::to_acc(args.entropy[q]),
-        args.stats[2 * args.num_queries + q], Convert<scalar_t>::to_acc(args.grad_entropy[q]),
-        g_dot_read);
+        args.stats[q], args.stats[plane + q], Convert<scalar_t>::to_acc(args.entropy[q]),
+        args.stats[2 * plane + q], Convert<scalar_t>::to_acc(args.grad_entropy[q]), g_dot_read);
   }
   const bool with_entropy = row_grad.gamma != acc_t(0);
   const acc_t shift = args.shrinking ? acc_t(0) : row_grad.d;  // ~R, see the file comment
@@ -810,7 +817,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
     for (int j = threadIdx.x; j < kSweep; j += kThreads) {
       const int q = q0 + j;
       if (q < range.end) {
-        const acc_t sum_h = args.stats[args.num_queries + q];
+        const acc_t sum_h = args.stats[int64_t(args.num_queries) + q];
         col_lse[j] = args.stats[q];
         col_inv_sum[j] = acc_t(1) / (sum_h > acc_t(math::kSumEps) ? sum_h : acc_t(math::kSumEps));
         col_d[j] = args.row_d[q];
@@ -867,8 +874,16 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
 
 // ------------------------------------------------------------------------------- host
 
+// The tiles take up to ~135 KiB of shared memory (float64 backward): sm_80 and sm_90 allow
+// more, but sm_86/sm_89 allow 99 KiB per block, where the launch would fail obscurely.
 template <typename Kernel>
-void set_shared_memory(Kernel kernel, size_t bytes) {
+void set_shared_memory(Kernel kernel, size_t bytes, at::ScalarType dtype, const char* pass) {
+  int device = 0, limit = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK(bytes <= static_cast<size_t>(limit), "memory_read (CUDA): the ", dtype, " ", pass,
+              " kernel needs ", bytes, " bytes of shared memory per block but this GPU allows ",
+              limit, "; use backend=\"triton\" on it");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
 }
@@ -930,12 +945,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     args.shrinking = shrink_thres > 0;
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const int64_t q_blocks = ceil_div(num_queries, kRows);
-    const int64_t col_chunks = ceil_div(channels, L::kCols);
+    const int64_t col_chunks = std::max<int64_t>(1, ceil_div(channels, L::kCols));  // C = 0 too
     const SplitPlan plan = plan_splits(q_blocks * col_chunks, memory.size(0), query);
     args.num_splits = plan.splits;
     args.slots_per_split = plan.per_split;
     if (plan.splits == 1) {
-      set_shared_memory(memory_read_fwd_kernel<native_t, false>, L::kBytes);
+      set_shared_memory(memory_read_fwd_kernel<native_t, false>, L::kBytes, dtype, "forward");
       memory_read_fwd_kernel<native_t, false>
           <<<dim3(q_blocks, col_chunks), kThreads, L::kBytes, stream>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -950,14 +965,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     args.part_sum = part_sum.data_ptr<acc_t>();
     args.part_acc = part_acc.data_ptr<acc_t>();
     args.part_rows = part_rows.data_ptr<acc_t>();
-    set_shared_memory(memory_read_row_max_sum_kernel<native_t>, L::kBytes);
+    set_shared_memory(memory_read_row_max_sum_kernel<native_t>, L::kBytes, dtype, "forward");
     memory_read_row_max_sum_kernel<native_t>
         <<<dim3(q_blocks, 1, plan.splits), kThreads, L::kBytes, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // L = m + log sum_splits l exp(m_split - m), into stats[0] where sweep 2 reads it.
-    const at::Tensor top = part_max.amax(0);
-    stats.select(0, 0).copy_(top + (part_sum * (part_max - top).exp()).sum(0).log());
-    set_shared_memory(memory_read_fwd_kernel<native_t, true>, L::kBytes);
+    // m = max over the splits, log l = log sum_splits l_k exp(m_k - m); L = m + log l.
+    at::Tensor row_max_logl = at::empty({2, num_queries}, acc_options);
+    at::Tensor top = row_max_logl[0], log_l = row_max_logl[1];
+    top.copy_(part_max.amax(0));
+    log_l.copy_((part_sum * (part_max - top).exp()).sum(0).log());
+    stats[0].copy_(top + log_l);
+    args.row_max_logl = row_max_logl.data_ptr<acc_t>();
+    set_shared_memory(memory_read_fwd_kernel<native_t, true>, L::kBytes, dtype, "forward");
     memory_read_fwd_kernel<native_t, true>
         <<<dim3(q_blocks, col_chunks, plan.splits), kThreads, L::kBytes, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1019,7 +1038,7 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     args.lam = acc_t(shrink_thres);
     args.shrinking = shrink_thres > 0;
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    const int64_t col_chunks = ceil_div(channels, L::kCols);
+    const int64_t col_chunks = std::max<int64_t>(1, ceil_div(channels, L::kCols));  // C = 0 too
 
     // Query-major first: it writes the R and D that the memory-major kernel reads.
     const int64_t q_blocks = ceil_div(num_queries, kRows);
@@ -1028,7 +1047,8 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     args.slots_per_split = slot_plan.per_split;
     at::Tensor part_x, part_y, part_p, part_w;
     if (slot_plan.splits == 1) {
-      set_shared_memory(memory_read_bwd_query_kernel<native_t, false>, L::kBytes);
+      set_shared_memory(memory_read_bwd_query_kernel<native_t, false>, L::kBytes, dtype,
+                        "backward");
       memory_read_bwd_query_kernel<native_t, false>
           <<<dim3(q_blocks, col_chunks), kThreads, L::kBytes, stream>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1041,7 +1061,8 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
       args.part_y = part_y.data_ptr<acc_t>();
       args.part_p = part_p.data_ptr<acc_t>();
       args.part_w = part_w.data_ptr<acc_t>();
-      set_shared_memory(memory_read_bwd_query_kernel<native_t, true>, L::kBytes);
+      set_shared_memory(memory_read_bwd_query_kernel<native_t, true>, L::kBytes, dtype,
+                        "backward");
       memory_read_bwd_query_kernel<native_t, true>
           <<<dim3(q_blocks, col_chunks, slot_plan.splits), kThreads, L::kBytes, stream>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1057,7 +1078,7 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     grad_mv = at::empty({query_plan.splits, num_slots, channels}, acc_options);
     args.grad_mk = grad_mk.data_ptr<acc_t>();
     args.grad_mv = grad_mv.data_ptr<acc_t>();
-    set_shared_memory(memory_read_bwd_memory_kernel<native_t>, L::kBytes);
+    set_shared_memory(memory_read_bwd_memory_kernel<native_t>, L::kBytes, dtype, "backward");
     memory_read_bwd_memory_kernel<native_t>
         <<<dim3(n_blocks, col_chunks, query_plan.splits), kThreads, L::kBytes, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
