@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-.benchmarks/gpu_check-$(date -u +%Y%m%dT%H%M%S)}
 TOTAL_S=${GPU_CHECK_SECONDS:-500}
-TEST_FILTER=${GPU_CHECK_TESTS-triton or cuda or cpp or build or backend}
+TEST_FILTER=${GPU_CHECK_TESTS-(triton or cuda or cpp or build or backend) and not resources}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
@@ -92,7 +92,7 @@ for name in backends.BACKENDS:
 
   local test_k=()
   [ -n "$TEST_FILTER" ] && test_k=(-k "$TEST_FILTER")
-  run_step tests timeout 150 "$PY" -m pytest tests -q -x -p no:cacheprovider \
+  run_step tests timeout 200 "$PY" -m pytest tests -q -x -p no:cacheprovider \
     --continue-on-collection-errors "${test_k[@]}"
 
   # Benchmarks: the sweep (for the plot) gets a third of the time left, the shapes the rest.

@@ -106,6 +106,27 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
     return REGISTRY[name].unavailable_reason(device)
 
 
+def input_reason(name: str, query: torch.Tensor) -> Optional[str]:
+    """Why backend `name` cannot take these particular inputs (it is available for their
+    device), or None. Only the Triton kernels have such limits: their tiles fit at most 512
+    channels on a GPU (256 in float64)."""
+    if name != "triton":
+        return None
+    from memae_fused.triton_memory import unsupported_reason
+
+    return unsupported_reason(query.dtype, query.shape[1], query.device)
+
+
+def fallback_after(name: str, device: torch.device) -> str:
+    """The next backend in "auto"'s order after `name` that is available on `device`."""
+    order = AUTO_ORDER.get(device.type, ("reference",))
+    later = order[order.index(name) + 1:] if name in order else order
+    for candidate in later:
+        if unavailable_reason(candidate, device) is None:
+            return candidate
+    return "reference"
+
+
 def available_backends(device="cpu"):
     """Names of the backends that can serve tensors on `device`, fastest first."""
     device = torch.device(device)

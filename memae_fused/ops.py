@@ -75,6 +75,12 @@ def memory_read(query, memory, *, shrink_thres, similarity="cosine", temperature
     """
     check_arguments(query, memory, shrink_thres, similarity, temperature, backend)
     name = backends.resolve(backend, query.device)
+    reason = backends.input_reason(name, query)
+    if reason is not None:
+        if backend != "auto":
+            raise ValueError(f"backend={backend!r} cannot take these inputs: {reason}; "
+                             "use backend='cuda' or 'auto'")
+        name = backends.fallback_after(name, query.device)
     cosine = similarity == "cosine"
     if query.shape[0] == 0:
         # Empty batch: no kernel launch, but keep both inputs in the graph so that backward

@@ -28,7 +28,7 @@ sums combined with a few O((Q+N)·C) torch ops.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -336,26 +336,81 @@ class Tiles(NamedTuple):
     num_stages: int
 
 
-def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device) -> Tiles:
-    """Tile shape and launch settings for one kernel ("forward", "backward_query",
-    "backward_memory") at padded channel count block_c.
+# Tile shapes per operand type, kernel and padded channel count (the first entry at least
+# BLOCK_C). A program keeps BLOCK x BLOCK_C tiles of its rows and one or two float32 accumulators
+# in registers, so wide channels take small tiles. Chosen by bench/triton_resources.py, which
+# compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version):
+# the largest tile that compiles without register spills (float64 and TF32 at the widest
+# channels: under 128 spilled bytes) and within an H100's shared memory. The larger candidates
+# spill kilobytes, or exceed shared memory, which fails the launch. Their speed is not yet
+# timed on a GPU (bench/tune_triton_tiles.py).
+_TILES = {
+    "16-bit": {  # bfloat16 / float16 on tensor cores
+        "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (32, 64, 8, 2),
+                    512: (32, 16, 8, 1)},
+        "backward_query": {64: (64, 64, 8, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2),
+                           512: (16, 16, 8, 1)},
+        "backward_memory": {64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+                            512: (16, 16, 8, 1)},
+    },
+    "tf32": {  # float32 with torch's TF32 allowed
+        "forward": {64: (64, 64, 8, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 1),
+                    512: (16, 16, 8, 1)},
+        "backward_query": {64: (64, 64, 4, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2),
+                           512: (16, 16, 8, 1)},
+        "backward_memory": {64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+                            512: (16, 16, 8, 1)},
+    },
+    "float32": {  # IEEE float32 products on CUDA cores: spill-free in Triton 3.6 and 3.8
+        "forward": {16: (64, 32, 8, 2), 32: (32, 64, 8, 2), 64: (64, 32, 8, 2),
+                    128: (32, 32, 8, 2), 256: (32, 16, 8, 1), 512: (16, 32, 8, 1)},
+        "backward_query": {16: (32, 64, 8, 2), 32: (64, 32, 8, 2), 64: (32, 32, 8, 2),
+                           128: (16, 32, 8, 1), 256: (16, 32, 8, 1), 512: (16, 16, 8, 1)},
+        "backward_memory": {16: (32, 64, 8, 2), 32: (32, 64, 8, 2), 64: (32, 64, 8, 2),
+                            128: (32, 32, 8, 2), 256: (32, 16, 8, 1), 512: (16, 16, 8, 1)},
+    },
+    # float64 is for tests and gradcheck: the smallest tile, the only one that compiles
+    # cleanly at every width (larger ones spill at some widths, even narrow ones); nothing
+    # fits C > 256.
+    "float64": {kernel: {256: (16, 16, 8, 1)}
+                for kernel in ("forward", "backward_query", "backward_memory")},
+}
+MAX_BLOCK_C = 512
 
-    Each program keeps one or two BLOCK x BLOCK_C float32 accumulators in registers, so wide
-    channels take smaller tiles. Provisional values, not yet measured on a GPU:
-    bench/tune_triton_tiles.py sweeps them on the device.
-    """
+
+def _operand_type(dtype: torch.dtype, precision: str) -> str:
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16-bit"
+    if dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "float32"
+    return "float64"
+
+
+def unsupported_reason(dtype: torch.dtype, channels: int, device: torch.device) -> Optional[str]:
+    """Why the GPU kernels cannot take these inputs (no tile shape fits), or None."""
+    if device.type != "cuda":
+        return None  # the interpreter has no register or shared-memory limits
+    block_c = _block_c(channels)
+    widest = max(_TILES[_operand_type(dtype, "ieee")]["forward"])
+    if block_c > widest:
+        return (f"{dtype} inputs with {channels} channels: the Triton kernels' tiles fit at "
+                f"most {widest} channels for this dtype")
+    return None
+
+
+def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device,
+                precision: str = "ieee") -> Tiles:
+    """Tile shape and launch settings for one kernel ("forward", "backward_query",
+    "backward_memory") at padded channel count block_c (see _TILES)."""
     if device.type == "cpu":  # the interpreter runs whole tiles in numpy: larger is faster
         return Tiles(32, 64, 4, 1)
-    wide = block_c > 128
-    if kernel == "forward":
-        return Tiles(64, 32 if wide else 64, 8 if wide else 4, 2 if wide else 3)
-    if kernel == "backward_query":  # two accumulators (X, Y) plus the query and grad tiles
-        return Tiles(32 if wide else 64, 32 if wide else 64, 8 if wide else 4, 2)
-    return Tiles(32 if wide else 64, 32 if wide else 64, 8 if wide else 4, 2)  # backward_memory
+    table = _TILES[_operand_type(dtype, precision)][kernel]
+    fitting = [width for width in sorted(table) if width >= block_c]
+    return Tiles(*table[fitting[0] if fitting else max(table)])
 
 
 def _launch_meta(kernel, block_c, dtype, device, **constants):
-    tiles = tile_config(kernel, block_c, dtype, device)
+    tiles = tile_config(kernel, block_c, dtype, device, constants.get("PREC", "ieee"))
     return tiles, dict(BLOCK_Q=tiles.block_q, BLOCK_N=tiles.block_n, BLOCK_C=block_c,
                        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **constants)
 

@@ -178,11 +178,33 @@ def test_compile_fullgraph_captures_the_op():
     assert mod.memory.grad is not None
 
 
-@pytest.mark.parametrize("block_q,block_n", [(16, 16), (64, 32), (32, 128)])
+GPU_TILE_SHAPES = sorted({shape[:2] for kernels in triton_memory._TILES.values()
+                          for widths in kernels.values() for shape in widths.values()})
+
+
+@pytest.mark.parametrize("block_q,block_n", sorted(set(GPU_TILE_SHAPES) | {(32, 128)}))
 def test_other_tile_shapes(monkeypatch, block_q, block_n):
-    # The GPU's tile shapes differ from the interpreter's: masking must hold for any of them.
+    # The GPU's tile shapes differ from the interpreter's: masking must hold for each of them.
     monkeypatch.setattr(triton_memory, "tile_config",
-                        lambda kernel, block_c, dtype, device:
-                        triton_memory.Tiles(block_q, block_n, 4, 1))
+                        lambda *args: triton_memory.Tiles(block_q, block_n, 4, 1))
     want, got, _ = run_both(70, 150, 24, similarity="dot", shrink_factor=2.0, dtype=torch.float64)
     assert_matches(want, got, **TOL[torch.float64])
+
+
+def test_inputs_no_tile_fits_are_refused_or_passed_on(monkeypatch):
+    """On a GPU the tiles fit at most 512 channels (256 in float64): backend="triton" refuses
+    wider inputs with a clear error, "auto" passes them to the next backend."""
+    gpu = torch.device("cuda")
+    assert triton_memory.unsupported_reason(torch.bfloat16, 512, gpu) is None
+    assert "513 channels" in triton_memory.unsupported_reason(torch.bfloat16, 513, gpu)
+    assert triton_memory.unsupported_reason(torch.float64, 256, gpu) is None
+    assert "300 channels" in triton_memory.unsupported_reason(torch.float64, 300, gpu)
+    assert triton_memory.unsupported_reason(torch.float64, 4096, torch.device("cpu")) is None
+    # The CPU has no such limit; pretend it had one to see what the op does with it.
+    from memae_fused import backends
+    monkeypatch.setattr(backends, "input_reason",
+                        lambda name, query: "too wide" if name == "triton" else None)
+    query, memory = torch.randn(4, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="backend='triton' cannot take these inputs: too wide"):
+        memory_read(query, memory, shrink_thres=0.0, backend="triton")
+    assert backends.fallback_after("triton", torch.device("cpu")) in ("cpp", "reference")

@@ -1,0 +1,193 @@
+"""Registers, spills and shared memory of the Triton kernels per tile shape, without a GPU.
+
+    python bench/triton_resources.py [--arch 90] [--jobs 2] [--out FILE.json]
+    python bench/triton_resources.py --check     (only the shapes tile_config picks)
+
+Compiles each kernel ahead of time for the target (Triton's own compiler and ptxas, no driver)
+and reads the cubin's resource use with the cuobjdump that ships with Triton. A tile shape
+that spills (stack > 0) or needs more shared memory than an SM has fails or crawls on the GPU,
+whatever its speed would otherwise be; tile_config must pick shapes that do neither. Speed
+itself needs the GPU: bench/tune_triton_tiles.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from memae_fused import triton_memory  # noqa: E402
+
+# Shared memory a block may use on the target (H100/H200: 227 KiB; A100: 163 KiB).
+SHARED_LIMIT = {90: 232448, 80: 166912}
+KERNELS = {
+    "forward": (triton_memory._fwd_kernel, dict(SHRINK=True, SPLIT=False)),
+    "backward_query": (triton_memory._bwd_query_kernel, dict(SHRINK=True)),
+    "backward_memory": (triton_memory._bwd_memory_kernel, dict(SHRINK=True)),
+}
+# (name, element type, dot precision): the dtypes users run and float64 for the tests.
+MODES = {
+    "bfloat16": ("bf16", "ieee", torch.bfloat16),
+    "float16": ("fp16", "ieee", torch.float16),
+    "float32": ("fp32", "ieee", torch.float32),
+    "float32-tf32": ("fp32", "tf32", torch.float32),
+    "float64": ("fp64", "ieee", torch.float64),
+}
+CANDIDATES = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 64, 8, 2),
+              (32, 32, 4, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 4, 1)]
+BLOCK_CS = [64, 128, 256, 512]
+INT_ARGS = {"Q", "N", "C", "n_per_split", "q_per_split"}
+DATA_ARGS = {"ZQ", "MK", "MV", "G", "READ", "ENT"}
+
+
+def _tool(name):
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_usage(kernel_name, mode, block_c, tiles, arch):
+    """Resource use of one compiled kernel: dict(regs, stack, shared) or dict(error)."""
+    fn, extra = KERNELS[kernel_name]
+    elem, prec, _ = MODES[mode]
+    block_q, block_n, num_warps, num_stages = tiles
+    consts = dict(extra, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_C=block_c, PREC=prec,
+                  UPCAST=False, SHARED_KV=False)
+    acc = "fp64" if elem == "fp64" else "fp32"
+    signature = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name in INT_ARGS:
+            signature[name] = "i32"
+        else:
+            signature[name] = "*" + (elem if name in DATA_ARGS else acc)
+    try:
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=num_warps, num_stages=num_stages))
+    except Exception as exc:  # a shape Triton cannot lower counts as unusable
+        return dict(error=repr(exc).splitlines()[0][:200])
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as fh:
+        fh.write(compiled.asm["cubin"])
+    try:
+        out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", fh.name],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(fh.name)
+    usage = dict(re.findall(r"(REG|STACK):(\d+)", out))
+    return dict(regs=int(usage["REG"]), stack=int(usage["STACK"]), shared=compiled.metadata.shared)
+
+
+# Stack bytes per thread tolerated where no candidate is spill-free (float32 with TF32 at
+# C = 512): a few spilled registers, not the kilobytes of a shape that is too large.
+SMALL_SPILL = 128
+
+
+def usable(usage, arch, spill=0):
+    return ("error" not in usage and usage["stack"] <= spill
+            and usage["shared"] <= SHARED_LIMIT[arch])
+
+
+def propose(results):
+    """Per (mode, kernel, block_c), the usable shape with the largest tile (block_q x
+    block_n), then the least shared memory, then the fewest registers: a resource-only rule
+    until the GPU has timed them."""
+    best = {}
+    for r in results:
+        if "error" in r or r["shared"] > SHARED_LIMIT.get(r.get("arch", 90), SHARED_LIMIT[90]):
+            continue
+        key = (r["mode"], r["kernel"], r["block_c"])
+        # Spill-free first; where none is, the least spill within SMALL_SPILL.
+        spill = r["stack"] if r["stack"] <= SMALL_SPILL else None
+        if spill is None:
+            continue
+        rank = (spill, -r["tiles"][0] * r["tiles"][1], r["shared"], r["regs"])
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, tuple(r["tiles"]))
+    return {key: (tiles, rank[0]) for key, (rank, tiles) in sorted(best.items())}
+
+
+def _job(args):
+    return args, compile_usage(*args)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_LIMIT))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--modes", default=",".join(m for m in MODES if m != "float16"),
+                        help="operand modes (float16 compiles like bfloat16: --check adds it)")
+    parser.add_argument("--block-c", default=",".join(map(str, BLOCK_CS)),
+                        help="padded channel counts to compile for")
+    parser.add_argument("--tiles", help="candidate shapes instead of the built-in list, as "
+                                        "BQ,BN,WARPS,STAGES;...")
+    parser.add_argument("--check", action="store_true",
+                        help="only the tile shapes that tile_config picks; exit 1 if any is unusable")
+    parser.add_argument("--out", help="write the results as JSON")
+    parser.add_argument("--propose", nargs="+", metavar="RESULTS.json",
+                        help="print the best usable shape per case from earlier --out files")
+    args = parser.parse_args()
+
+    if args.propose:
+        results = []
+        for path in args.propose:
+            with open(path) as fh:
+                results += json.load(fh)["results"]
+        for (mode, kernel_name, block_c), (tiles, spill) in propose(results).items():
+            print(f"{mode:13s} {kernel_name:16s} C<={block_c:<4d} {tiles}"
+                  + (f"  spills {spill} B" if spill else ""))
+        return 0
+
+    gpu = torch.device("cuda")  # tile_config only looks at the type
+    jobs = []
+    candidates = CANDIDATES
+    if args.tiles:
+        candidates = [tuple(map(int, t.split(","))) for t in args.tiles.split(";")]
+    block_cs = [int(c) for c in args.block_c.split(",")]
+    if args.check:
+        block_cs = [16, 32] + block_cs  # the narrow tiles too: ptxas is not monotonic in width
+    modes = list(MODES) if args.check else args.modes.split(",")
+    for mode, kernel_name, block_c in itertools.product(modes, KERNELS, block_cs):
+        if triton_memory.unsupported_reason(MODES[mode][2], block_c, gpu) is not None:
+            continue  # the op refuses these inputs with a clear error (or "auto" moves on)
+        picked = tuple(triton_memory.tile_config(kernel_name, block_c, MODES[mode][2], gpu,
+                                                 MODES[mode][1]))
+        shapes = [picked] if args.check else list(dict.fromkeys([picked] + candidates))
+        jobs += [(kernel_name, mode, block_c, tiles, args.arch) for tiles in shapes]
+
+    results, bad = [], 0
+    print(f"triton {triton.__version__}, sm_{args.arch}: {len(jobs)} compiles", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for (kernel_name, mode, block_c, tiles, arch), usage in pool.map(_job, jobs):
+            picked = tiles == tuple(triton_memory.tile_config(
+                kernel_name, block_c, MODES[mode][2], gpu, MODES[mode][1]))
+            ok = usable(usage, arch, SMALL_SPILL if args.check else 0)
+            bad += picked and not ok
+            results.append(dict(kernel=kernel_name, mode=mode, block_c=block_c,
+                                tiles=list(tiles), picked=picked, usable=ok, **usage))
+            print(f"{mode:13s} {kernel_name:16s} C<={block_c:<4d} {str(tiles):17s} "
+                  f"{'PICKED' if picked else '      '} {'ok ' if ok else 'BAD'} {usage}",
+                  flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(dict(triton=triton.__version__, arch=args.arch, results=results), fh,
+                      indent=1)
+    print(f"{bad} picked shape(s) unusable" if bad else "every picked shape is usable")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
