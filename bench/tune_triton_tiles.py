@@ -4,14 +4,19 @@
 
 Each kernel ("forward", "backward_query", "backward_memory") is swept on its own while the
 other two keep memae_fused.triton_memory.tile_config's current choice; the forward is timed
-alone, a backward kernel by timing the whole backward. Results feed tile_config.
+alone, a backward kernel by timing the whole backward. The candidates are the shapes that
+compiled without spills and within shared memory in the committed resource sweep
+(bench/results/*-triton-resources-sm90.json, from bench/triton_resources.py), so no device
+time goes to shapes known to spill. Results feed tile_config.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import itertools
 import json
+import os
 import sys
 
 import torch
@@ -23,17 +28,29 @@ SHAPES = [(16384, 2000, 256), (4096, 100000, 256)]
 KERNELS = ("forward", "backward_query", "backward_memory")
 
 
-def candidates(quick: bool):
-    sizes = (32, 64) if quick else (32, 64, 128)
-    for block_q, block_n, warps, stages in itertools.product(sizes, sizes, (4, 8), (2, 3)):
-        yield triton_memory.Tiles(block_q, block_n, warps, stages)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def candidates(kernel, mode, block_c, current):
+    """The current shape plus every shape that was spill-free and within shared memory in
+    each resource sweep that compiled it."""
+    verdicts = {}
+    for path in glob.glob(os.path.join(RESULTS, "*-triton-resources-sm90.json")):
+        with open(path) as fh:
+            for run in json.load(fh)["runs"]:
+                for r in run["results"]:
+                    if (r["kernel"], r["mode"], r["block_c"]) == (kernel, mode, block_c):
+                        key = tuple(r["tiles"])
+                        verdicts[key] = verdicts.get(key, True) and r["usable"]
+    shapes = [current] + [triton_memory.Tiles(*t) for t, ok in sorted(verdicts.items()) if ok]
+    return list(dict.fromkeys(shapes))
 
 
 def time_kernel(kernel, tiles, q, n, c, dtype):
     default = triton_memory.tile_config
 
-    def patched(name, block_c, dt, device):
-        return tiles if name == kernel else default(name, block_c, dt, device)
+    def patched(name, block_c, dt, device, precision="ieee"):
+        return tiles if name == kernel else default(name, block_c, dt, device, precision)
 
     triton_memory.tile_config = patched
     try:
@@ -55,7 +72,7 @@ def time_kernel(kernel, tiles, q, n, c, dtype):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="write all timings here as JSON")
-    parser.add_argument("--quick", action="store_true", help="fewer candidates, bf16 only")
+    parser.add_argument("--quick", action="store_true", help="bf16 only")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no GPU: nothing to tune", file=sys.stderr)
@@ -63,9 +80,14 @@ def main(argv=None):
     dtypes = (torch.bfloat16,) if args.quick else (torch.bfloat16, torch.float32)
     rows = []
     for (q, n, c), dtype, kernel in itertools.product(SHAPES, dtypes, KERNELS):
-        default = triton_memory.tile_config(kernel, c, dtype, torch.device("cuda"))
+        precision = triton_memory._dot_precision(dtype)
+        mode = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
+            dtype, "float32-tf32" if precision == "tf32" else "float32")
+        block_c = triton_memory._block_c(c)
+        default = triton_memory.tile_config(kernel, block_c, dtype, torch.device("cuda"),
+                                            precision)
         best = None
-        for tiles in candidates(args.quick):
+        for tiles in candidates(kernel, mode, block_c, default):
             try:
                 ms = time_kernel(kernel, tiles, q, n, c, dtype)
             except Exception as exc:  # out of shared memory or registers: not a candidate
