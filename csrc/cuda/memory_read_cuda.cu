@@ -11,8 +11,9 @@
 //   query-major:    per query row, X += w (dw - c) mk and Y += w mk, R' = sum w (dw - c) /
 //                   sum w, so d zq = scale (X - R' Y) in one sweep; c = D for lam = 0 (then
 //                   R' ~ 0, which keeps low-precision P tiles well conditioned), else 0.
-//   memory-major:   per memory slot, d mk += scale w (dw - R) zq and d mv += a g over the
-//                   queries, with each query's L, S, D, R known: no atomics, deterministic.
+//   memory-major:   per memory slot, d mk += scale w ((dw - c) - R') zq and d mv += a g over
+//                   the queries, with each query's L, S, D, R' known: no atomics,
+//                   deterministic.
 // A C wider than kCols costs one redundant logits pass per extra column chunk.
 // Few rows to own (few queries, or few slots for the memory-major kernel) would leave SMs
 // idle, so the swept side is then split across grid.z (plan_splits) and combined after: the
@@ -635,7 +636,7 @@ struct BwdArgs {
   using acc_t = typename Convert<scalar_t>::acc_t;
   const scalar_t *zq, *mk, *mv, *grad_read, *grad_entropy, *read, *entropy;
   const acc_t* stats;  // (3, Q)
-  acc_t* row_r;        // (Q): R of each query row, written by the query-major kernel
+  acc_t* row_r;        // (Q): R' of each query row (R - c), written by the query-major kernel
   acc_t* row_d;        // (Q): D of each query row, likewise
   acc_t* grad_zq;      // (Q, C)
   acc_t *grad_mk, *grad_mv;  // (query splits, N, C): summed by the host when split
@@ -730,7 +731,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
     if (lane == 0) {
       row_r[row] = r_shifted;
       if (row_valid && blockIdx.y == 0) {
-        args.row_r[q] = r_shifted + shift;
+        args.row_r[q] = r_shifted;
         args.row_d[q] = row_grad.d;
       }
     }
@@ -771,7 +772,7 @@ __global__ void __launch_bounds__(kCombineThreads)
       sum_w += args.part_w[at];
     }
     const acc_t r = math::finish_r(sum_p, sum_w);
-    args.row_r[q] = r + (args.shrinking ? acc_t(0) : args.row_d[q]);
+    args.row_r[q] = r;
     r_shifted = r;
   }
   __syncthreads();
@@ -841,7 +842,10 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
         const math::SlotGrad<acc_t> slot = math::slot_grad(
             query_grad, args.lam, args.shrinking, query_grad.gamma != acc_t(0),
             args.scale * smem.s_tile(0)[row * L::kLdS + col], smem.s_tile(1)[row * L::kLdS + col]);
-        ds = slot.w * (slot.dw - col_r[col]);
+        // (dw - c) - R', as in the query-major sweep: adding c = D back into R' first
+        // would round away the small residual R' is for lam = 0.
+        const acc_t shift = args.shrinking ? acc_t(0) : col_d[col];
+        ds = slot.w * ((slot.dw - shift) - col_r[col]);
         a = slot.a;
       }
       smem.p_tile(0)[row * L::kLdP + col] = Convert<p_t>::from_acc(ds);
