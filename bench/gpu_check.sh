@@ -15,7 +15,8 @@
 #
 # Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (500), TORCH_CUDA_ARCH_LIST (9.0),
 # GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all), GPU_CHECK_BENCH_ARGS (more
-# pytest arguments for the benchmarks, e.g. "-k bfloat16"),
+# pytest arguments for the benchmarks, e.g. "-k bfloat16"), GPU_CHECK_TEST_WORKERS (8: pytest-xdist
+# workers for the tests, when pytest-xdist is installed),
 # GPU_CHECK_SKIP_BUILD=1 (use the extension as built), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry
 # run of this script in bench fast mode, for checking the script itself).
 set -uo pipefail
@@ -27,6 +28,7 @@ TOTAL_S=${GPU_CHECK_SECONDS:-500}
 TEST_FILTER=${GPU_CHECK_TESTS-(triton or cuda or cpp or build or backend) and not resources}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1  # a step killed at its time limit still leaves its output in the log
 START=$(date +%s)
 STATUS=()
 
@@ -92,6 +94,11 @@ for name in backends.BACKENDS:
 
   local test_k=()
   [ -n "$TEST_FILTER" ] && test_k=(-k "$TEST_FILTER")
+  # Each new tile shape, dtype and flag set is a Triton compile (a second or more each, a few
+  # hundred in all): pytest-xdist, where installed, spreads them over the CPUs.
+  if "$PY" -c "import xdist" 2>/dev/null; then
+    test_k+=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
+  fi
   run_step tests timeout 200 "$PY" -m pytest tests -q -x -p no:cacheprovider \
     --continue-on-collection-errors "${test_k[@]}"
 
