@@ -339,11 +339,11 @@ class Tiles(NamedTuple):
 # Tile shapes per operand type, kernel and padded channel count (the first entry at least
 # BLOCK_C). A program keeps BLOCK x BLOCK_C tiles of its rows and one or two float32 accumulators
 # in registers, so wide channels take small tiles. Chosen by bench/triton_resources.py, which
-# compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version):
-# the largest tile that compiles without register spills (float64 and TF32 at the widest
-# channels: under 128 spilled bytes) and within an H100's shared memory. The larger candidates
-# spill kilobytes, or exceed shared memory, which fails the launch. Their speed is not yet
-# timed on a GPU (bench/tune_triton_tiles.py).
+# compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version; the
+# picks rechecked with 3.8): the largest tile that compiles without register spills (float64
+# and TF32 at the widest channels: under 128 spilled bytes) and within an H100's shared
+# memory. The larger candidates spill kilobytes, or exceed shared memory, which fails the
+# launch. Their speed is not yet timed on a GPU (bench/tune_triton_tiles.py).
 _TILES = {
     "16-bit": {  # bfloat16 / float16 on tensor cores
         "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (32, 64, 8, 2),
@@ -375,8 +375,6 @@ _TILES = {
     "float64": {kernel: {256: (16, 16, 8, 1)}
                 for kernel in ("forward", "backward_query", "backward_memory")},
 }
-MAX_BLOCK_C = 512
-
 
 def _operand_type(dtype: torch.dtype, precision: str) -> str:
     if dtype in (torch.float16, torch.bfloat16):
