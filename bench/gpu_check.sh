@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-.benchmarks/gpu_check-$(date -u +%Y%m%dT%H%M%S)}
 TOTAL_S=${GPU_CHECK_SECONDS:-500}
-TEST_FILTER=${GPU_CHECK_TESTS-(triton or cuda or cpp or build or backend) and not resources}
+TEST_FILTER=${GPU_CHECK_TESTS-(triton or cuda or cpp or build or backend) and not (resources or emulated)}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1  # a step killed at its time limit still leaves its output in the log

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import python_ref
-from cases import draw, draw_case, safe_threshold, weights
+from cases import (check_against_reference, draw, draw_case, eager_in_orders, safe_threshold,
+                   weights)
 from memae_fused import _ops_cpp, backends, memory_read
 
 pytestmark = pytest.mark.skipif(
@@ -19,13 +20,44 @@ needs_cuda = pytest.mark.skipif(
 TEMPERATURE = 0.1
 
 
+def safe_threshold_for_op(query, memory, similarity, target):
+    """A threshold near target with a margin from the weights in float64 and, for 16-bit
+    cosine, also from the weights the GPU kernels compute: they normalise in float32 and round
+    the unit vectors to the input dtype, which moves logits by ~1e-3 / temperature, so a
+    weight close to the threshold could fall on the other side of it than in the reference."""
+    w = weights(query, memory, similarity, TEMPERATURE)
+    if similarity != "cosine" or query.dtype.itemsize != 2:
+        return safe_threshold(w, target)
+
+    def unit_rows(x):
+        x = x.float()
+        return (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(query.dtype).double()
+
+    w_op = torch.softmax(unit_rows(query) @ unit_rows(memory).t() / TEMPERATURE, dim=1)
+    lam = safe_threshold(torch.cat([w.flatten(), w_op.flatten()]), target)
+    assert torch.equal(w > lam, w_op > lam), "a weight and its 16-bit value straddle the threshold"
+    return lam
+
+
 def draw_safe(q, n, c, *, shrink_factor, similarity, dtype=torch.float64, seed=0, device="cpu"):
-    """draw_case, retrying other seeds when no threshold near the target keeps a margin."""
+    """draw_case, retrying other seeds when no threshold near the target keeps a margin. Among
+    the ~10^5 distinct weights of a large Q x N there is no such threshold, so there the
+    queries and slots are a few distinct rows repeated in random order."""
+    # 16-bit cosine thresholds keep a margin from twice as many weights (safe_threshold_for_op).
+    most = 4000 if similarity == "cosine" and dtype.itemsize == 2 else 20000
+    distinct_q, distinct_n = (q, n) if q * n <= most else (min(q, 16), min(n, 48))
     for attempt in range(20):
         try:
-            return draw_case(q, n, c, shrink_factor=shrink_factor, similarity=similarity,
-                             temperature=TEMPERATURE, dtype=dtype, seed=seed + 1000 * attempt,
-                             device=device)
+            query, memory = draw(distinct_q, distinct_n, c, similarity=similarity,
+                                 seed=seed + 1000 * attempt)
+            if (distinct_q, distinct_n) != (q, n):
+                gen = torch.Generator().manual_seed(seed + attempt)
+                query = query[torch.randint(0, distinct_q, (q,), generator=gen)]
+                memory = memory[torch.randint(0, distinct_n, (n,), generator=gen)]
+            query, memory = query.to(dtype), memory.to(dtype)
+            lam = (safe_threshold_for_op(query, memory, similarity, shrink_factor / n)
+                   if shrink_factor else 0.0)
+            return query.to(device), memory.to(device), lam
         except AssertionError:
             continue
     raise AssertionError(f"no safe threshold for {(q, n, c)}")
@@ -46,28 +78,52 @@ def run(query, memory, lam, similarity, backend, grad_read, grad_entropy):
     return read, entropy, grad_query, grad_memory
 
 
-def assert_scaled_close(got, want, tol, name):
-    """Elementwise within tol relative, or tol times the largest reference magnitude (at least
-    1e-6: some exact zeros come out of the reference as rounding noise)."""
+def assert_scaled_close(got, want, tol, name, scale=None):
+    """Elementwise within tol relative, or tol times `scale` (by default the largest reference
+    magnitude, at least 1e-6: some exact zeros come out of the reference as rounding noise)."""
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     assert torch.isfinite(got).all(), f"{name}: non-finite values"
-    scale = want.abs().max().item() if want.numel() else 0.0
+    if scale is None:
+        scale = want.abs().max().item() if want.numel() else 0.0
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(scale, 1e-6), msg=name)
 
 
 def compare(query, memory, lam, similarity, backend, tol, seed=0):
     """The backend (inputs in their dtype) against python_ref in float64 on the same values."""
+    return compare_results(
+        lambda grad_read, grad_entropy: run(query, memory, lam, similarity, backend, grad_read,
+                                            grad_entropy),
+        query, memory, lam, similarity, tol, seed)
+
+
+def compare_results(run_op, query, memory, lam, similarity, tol, seed=0):
+    """run_op(grad_read, grad_entropy) -> (read, entropy, grad_query, grad_memory) against
+    python_ref in float64 on the same values. float32/float64 element-wise, the gradients
+    scaled by the larger of the two: in a near one-hot row the query gradient is a
+    cancellation whose float64 reference is itself only accurate to ~1e-15 of the memory
+    gradient's size. 16-bit by whole-tensor error, within twice that of eager PyTorch in the
+    same precision where that is larger (cases.check_against_reference)."""
     gen = torch.Generator().manual_seed(seed)
     # Upstream gradients representable in the input dtype, so both sides see the same values.
     grad_read = torch.randn(query.shape, generator=gen).to(query.dtype).double().to(query.device)
     grad_entropy = torch.randn(query.shape[0], generator=gen).to(query.dtype).double()
     grad_entropy = grad_entropy.to(query.device)
-    got = run(query, memory, lam, similarity, backend, grad_read, grad_entropy)
+    got = run_op(grad_read, grad_entropy)
     want = run(query.double(), memory.double(), lam, similarity, "python_ref", grad_read,
                grad_entropy)
-    for g, w, name in zip(got, want, ("read", "entropy", "grad_query", "grad_memory")):
-        assert g.dtype == query.dtype, name
-        assert_scaled_close(g, w, tol, name)
+    names = ("read", "entropy", "grad_query", "grad_memory")
+    for g, w, name in zip(got, want, names):
+        assert g.dtype == query.dtype and g.shape == w.shape, name
+    if query.dtype.itemsize == 2:
+        eager = eager_in_orders(
+            lambda q, m, gr, ge: run(q, m, lam, similarity, "python_ref", gr, ge),
+            query, memory, grad_read, grad_entropy)
+        for g, w, e, name in zip(got, want, eager, names):
+            check_against_reference(name, g, w.detach().double().cpu(), e, rtol=tol, atol=1e-4)
+        return got
+    grad_scale = max((w.abs().max().item() for w in want[2:] if w.numel()), default=0.0)
+    for g, w, name in zip(got, want, names):
+        assert_scaled_close(g, w, tol, name, scale=grad_scale if name.startswith("grad") else None)
     return got
 
 
@@ -246,7 +302,7 @@ CUDA_SHAPES = [
 @pytest.mark.parametrize("shrink_factor", [0.0, 2.0])
 # float16/bfloat16 run on tensor cores with the weights tiles rounded to the input dtype.
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-5),
-                                       (torch.bfloat16, 3e-2), (torch.float16, 1e-2)],
+                                       (torch.bfloat16, 1e-2), (torch.float16, 1e-2)],
                          ids=["f64", "f32", "bf16", "f16"])
 def test_cuda_matches_reference(shape, similarity, shrink_factor, dtype, tol):
     query, memory, lam = draw_safe(*shape, shrink_factor=shrink_factor, similarity=similarity,

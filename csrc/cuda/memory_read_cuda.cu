@@ -20,13 +20,21 @@
 // forward's L from the splits' maxima and sums, its read and row sums, the query-major X, Y
 // and R sums (small combine kernels, one CTA per query), the memory-major gradient slices.
 #include <ATen/ATen.h>
+#include <torch/library.h>
+
+#ifdef MEMAE_CUDA_EMULATION
+// The test suite's CPU stand-in for CUDA (tests/cuda_emulation), which runs this file's
+// kernels and host code on CPU tensors.
+#include "cuda_emulation.h"
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuSPARSE headers
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
-#include <torch/library.h>
+#define MEMAE_DYNAMIC_SHARED(name) extern __shared__ __align__(128) char name[]
+#endif
 
 #include <algorithm>
 #include <limits>
@@ -470,7 +478,7 @@ __global__ void __launch_bounds__(kThreads)
     memory_read_row_max_sum_kernel(FwdArgs<scalar_t> args) {
   using L = Layout<scalar_t, 1>;
   using acc_t = typename L::acc_t;
-  extern __shared__ __align__(128) char shared_bytes[];
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
   const L smem{shared_bytes};
   const int q0 = blockIdx.x * kRows;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
@@ -489,7 +497,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   using Engine = typename L::Engine;
   using acc_t = typename L::acc_t;
   using p_t = typename L::p_t;
-  extern __shared__ __align__(128) char shared_bytes[];
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
   const L smem{shared_bytes};
   const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
@@ -659,7 +667,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
   using Engine = typename L::Engine;
   using acc_t = typename L::acc_t;
   using p_t = typename L::p_t;
-  extern __shared__ __align__(128) char shared_bytes[];
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
   const L smem{shared_bytes};
   const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
@@ -802,7 +810,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
   using Engine = typename L::Engine;
   using acc_t = typename L::acc_t;
   using p_t = typename L::p_t;
-  extern __shared__ __align__(128) char shared_bytes[];
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
   const L smem{shared_bytes};
   const int n0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
@@ -896,6 +904,33 @@ void set_shared_memory(Kernel kernel, size_t bytes, at::ScalarType dtype, const 
                                       static_cast<int>(bytes)));
 }
 
+template <typename T>
+struct Identity {
+  using type = T;
+};
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), checked; under the test suite's
+// emulation, the same launch on the CPU.
+template <typename... Params>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                   cudaStream_t stream, typename Identity<Params>::type... args) {
+#ifdef MEMAE_CUDA_EMULATION
+  (void)stream;
+  cuda_emulation::launch(kernel, grid, block, shared_bytes, args...);
+#else
+  kernel<<<grid, block, shared_bytes, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
+bool on_kernel_device(const at::Tensor& t) {
+#ifdef MEMAE_CUDA_EMULATION
+  return t.is_cpu();
+#else
+  return t.is_cuda();
+#endif
+}
+
 int checked_int(int64_t value, const char* what) {
   TORCH_CHECK(value < (int64_t(1) << 31), "memory_read (CUDA): ", what, " = ", value,
               " does not fit in int32");
@@ -924,7 +959,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     const at::Tensor& query, const at::Tensor& memory, double shrink_thres, bool cosine,
     double temperature) {
   check_forward_args(query, memory, shrink_thres, temperature);
-  TORCH_CHECK(query.is_cuda(), "memory_read_fwd_cuda: expected CUDA tensors");
+  TORCH_CHECK(on_kernel_device(query), "memory_read_fwd_cuda: expected CUDA tensors");
   const c10::cuda::CUDAGuard device_guard(query.device());
   const auto dtype = query.scalar_type();
   const auto acc = accumulate_type(dtype);
@@ -959,9 +994,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     args.slots_per_split = plan.per_split;
     if (plan.splits == 1) {
       set_shared_memory(memory_read_fwd_kernel<native_t, false>, L::kBytes, dtype, "forward");
-      memory_read_fwd_kernel<native_t, false>
-          <<<dim3(q_blocks, col_chunks), kThreads, L::kBytes, stream>>>(args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(memory_read_fwd_kernel<native_t, false>, dim3(q_blocks, col_chunks),
+                    kThreads, L::kBytes, stream, args);
       return;
     }
     const auto acc_options = query.options().dtype(acc);
@@ -974,9 +1008,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     args.part_acc = part_acc.data_ptr<acc_t>();
     args.part_rows = part_rows.data_ptr<acc_t>();
     set_shared_memory(memory_read_row_max_sum_kernel<native_t>, L::kBytes, dtype, "forward");
-    memory_read_row_max_sum_kernel<native_t>
-        <<<dim3(q_blocks, 1, plan.splits), kThreads, L::kBytes, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(memory_read_row_max_sum_kernel<native_t>, dim3(q_blocks, 1, plan.splits),
+                  kThreads, L::kBytes, stream, args);
     // m = max over the splits, log l = log sum_splits l_k exp(m_k - m); L = m + log l.
     at::Tensor row_max_logl = at::empty({2, num_queries}, acc_options);
     at::Tensor top = row_max_logl[0], log_l = row_max_logl[1];
@@ -985,12 +1018,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     stats[0].copy_(top + log_l);
     args.row_max_logl = row_max_logl.data_ptr<acc_t>();
     set_shared_memory(memory_read_fwd_kernel<native_t, true>, L::kBytes, dtype, "forward");
-    memory_read_fwd_kernel<native_t, true>
-        <<<dim3(q_blocks, col_chunks, plan.splits), kThreads, L::kBytes, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    memory_read_fwd_combine_kernel<native_t>
-        <<<num_queries, kCombineThreads, 0, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(memory_read_fwd_kernel<native_t, true>,
+                  dim3(q_blocks, col_chunks, plan.splits), kThreads, L::kBytes, stream, args);
+    launch_kernel(memory_read_fwd_combine_kernel<native_t>, num_queries, kCombineThreads, 0,
+                  stream, args);
   });
   return std::make_tuple(read, entropy, stats);
 }
@@ -1001,7 +1032,7 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     const at::Tensor& stats, double shrink_thres, bool cosine, double temperature) {
   check_forward_args(query, memory, shrink_thres, temperature);
   check_backward_args(grad_read, grad_entropy, query, read, entropy, stats);
-  TORCH_CHECK(query.is_cuda(), "memory_read_bwd_cuda: expected CUDA tensors");
+  TORCH_CHECK(on_kernel_device(query), "memory_read_bwd_cuda: expected CUDA tensors");
   const c10::cuda::CUDAGuard device_guard(query.device());
   const auto dtype = query.scalar_type();
   const auto acc = accumulate_type(dtype);
@@ -1057,9 +1088,8 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     if (slot_plan.splits == 1) {
       set_shared_memory(memory_read_bwd_query_kernel<native_t, false>, L::kBytes, dtype,
                         "backward");
-      memory_read_bwd_query_kernel<native_t, false>
-          <<<dim3(q_blocks, col_chunks), kThreads, L::kBytes, stream>>>(args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(memory_read_bwd_query_kernel<native_t, false>, dim3(q_blocks, col_chunks),
+                    kThreads, L::kBytes, stream, args);
     } else {
       part_x = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
       part_y = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
@@ -1071,12 +1101,11 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
       args.part_w = part_w.data_ptr<acc_t>();
       set_shared_memory(memory_read_bwd_query_kernel<native_t, true>, L::kBytes, dtype,
                         "backward");
-      memory_read_bwd_query_kernel<native_t, true>
-          <<<dim3(q_blocks, col_chunks, slot_plan.splits), kThreads, L::kBytes, stream>>>(args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      memory_read_bwd_combine_kernel<native_t>
-          <<<num_queries, kCombineThreads, 0, stream>>>(args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(memory_read_bwd_query_kernel<native_t, true>,
+                    dim3(q_blocks, col_chunks, slot_plan.splits), kThreads, L::kBytes, stream,
+                    args);
+      launch_kernel(memory_read_bwd_combine_kernel<native_t>, num_queries, kCombineThreads, 0,
+                    stream, args);
     }
 
     const int64_t n_blocks = ceil_div(num_slots, kRows);
@@ -1087,9 +1116,9 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     args.grad_mk = grad_mk.data_ptr<acc_t>();
     args.grad_mv = grad_mv.data_ptr<acc_t>();
     set_shared_memory(memory_read_bwd_memory_kernel<native_t>, L::kBytes, dtype, "backward");
-    memory_read_bwd_memory_kernel<native_t>
-        <<<dim3(n_blocks, col_chunks, query_plan.splits), kThreads, L::kBytes, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(memory_read_bwd_memory_kernel<native_t>,
+                  dim3(n_blocks, col_chunks, query_plan.splits), kThreads, L::kBytes, stream,
+                  args);
   });
   // The query splits' slices, added by ATen's (deterministic) reduction.
   grad_mk = grad_mk.size(0) == 1 ? grad_mk[0] : grad_mk.sum(0);
@@ -1104,9 +1133,11 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
 
 }  // namespace
 
+#ifndef MEMAE_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(memae_fused, CUDA, m) {
   m.impl("memory_read_fwd", &memory_read_fwd_cuda);
   m.impl("memory_read_bwd", &memory_read_bwd_cuda);
 }
+#endif
 
 }  // namespace memae_fused

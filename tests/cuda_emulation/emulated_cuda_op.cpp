@@ -1,0 +1,66 @@
+// csrc/cuda/memory_read_cuda.cu compiled for the CPU against cuda_emulation.h: its host
+// functions, with every kernel launch emulated, as a Python module for the test suite.
+#define MEMAE_CUDA_EMULATION
+#include "memory_read_cuda.cu"
+
+#include <torch/extension.h>
+
+#include <string>
+
+// Kernels with the bugs the emulation is there to catch, for tests of the emulation itself.
+namespace emulation_self_test {
+
+__global__ void divergent_barrier_kernel() {
+  if (threadIdx.x < 128) __syncthreads();
+}
+
+__global__ void misaligned_wmma_kernel() {
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
+  nvcuda::wmma::load_matrix_sync(a, reinterpret_cast<const __half*>(shared_bytes) + 1, 16);
+}
+
+// Each thread reads the slot its neighbour writes, with no barrier in between.
+__global__ void missing_barrier_kernel(int* out) {
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
+  int* slots = reinterpret_cast<int*>(shared_bytes);
+  slots[threadIdx.x] = static_cast<int>(threadIdx.x) + 1;
+  out[threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
+}
+
+at::Tensor run(const std::string& name) {
+  at::Tensor out = at::zeros({64}, at::kInt);
+  if (name == "divergent_barrier") {
+    cuda_emulation::launch(divergent_barrier_kernel, dim3(1), dim3(256), 0);
+  } else if (name == "misaligned_wmma") {
+    cuda_emulation::launch(misaligned_wmma_kernel, dim3(1), dim3(32), 1024);
+  } else if (name == "missing_barrier") {
+    cuda_emulation::launch(missing_barrier_kernel, dim3(1), dim3(64), 64 * sizeof(int),
+                           out.data_ptr<int>());
+  } else {
+    TORCH_CHECK(false, "self_test: unknown case ", name);
+  }
+  return out;
+}
+
+}  // namespace emulation_self_test
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("memory_read_fwd", &memae_fused::memory_read_fwd_cuda);
+  m.def("memory_read_bwd", &memae_fused::memory_read_bwd_cuda);
+  m.def(
+      "configure",
+      [](int multiprocessors, int shared_optin_bytes, bool reverse_schedule) {
+        auto& device = cuda_emulation::device();
+        device.multiprocessors = multiprocessors;
+        device.shared_optin_bytes = shared_optin_bytes;
+        device.reverse_schedule = reverse_schedule;
+      },
+      "Sets the emulated device: SM count (which decides the splits), the opt-in shared "
+      "memory per block, and the order threads run in between barriers.",
+      pybind11::arg("multiprocessors"), pybind11::arg("shared_optin_bytes"),
+      pybind11::arg("reverse_schedule"));
+  m.def("self_test", &emulation_self_test::run,
+        "Runs one of the deliberately broken kernels: divergent_barrier, misaligned_wmma or "
+        "missing_barrier (whose output depends on the schedule).");
+}
