@@ -210,3 +210,13 @@ def test_emulator_exposes_a_missing_barrier(cuda_emulated):
                                 reverse_schedule=reverse)
         outputs.append(cuda_emulated.self_test("missing_barrier"))
     assert not torch.equal(outputs[0], outputs[1])
+
+
+def test_matches_cpu_kernel(emulated):
+    """Forward outputs and saved statistics agree with the C++ CPU kernel's."""
+    query, memory, lam = draw_safe(300, 2000, 128, shrink_factor=2.0, similarity="cosine",
+                                   dtype=torch.float32)
+    cpu = torch.ops.memae_fused.memory_read_fwd(query, memory, lam, True, TEMPERATURE)
+    emulated_gpu = emulated.memory_read_fwd(query, memory, lam, True, TEMPERATURE)
+    for c, g in zip(cpu, emulated_gpu):
+        torch.testing.assert_close(g, c, rtol=1e-4, atol=1e-5)
