@@ -10,16 +10,18 @@ cannot show (timing, real tensor-core rounding, races between threads that run b
 same two barriers, beyond what the reverse schedule exposes) is left to the GPU tests in
 test_cpp_op.py."""
 
-import pathlib
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from cases import draw, safe_threshold, weights
+from cuda_emulation import ROOT, load_emulated
 from test_cpp_op import CUDA_SHAPES, TEMPERATURE, compare_results, draw_safe
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 H100_SHARED_OPTIN = 232448  # bytes per block
 A100_SHARED_OPTIN = 166912
 SM86_SHARED_OPTIN = 101376
@@ -35,15 +37,7 @@ DTYPE_IDS = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16",
 
 @pytest.fixture(scope="module")
 def cuda_emulated():
-    from torch.utils.cpp_extension import load
-
-    build = ROOT / "build" / "cuda_emulation"
-    build.mkdir(parents=True, exist_ok=True)
-    return load(name="memae_fused_cuda_emulated",
-                sources=[str(ROOT / "tests" / "cuda_emulation" / "emulated_cuda_op.cpp")],
-                extra_include_paths=[str(ROOT / p) for p in
-                                     ("csrc", "csrc/cuda", "tests/cuda_emulation")],
-                extra_cflags=["-O2"], build_directory=str(build))
+    return load_emulated()
 
 
 @pytest.fixture
@@ -220,3 +214,26 @@ def test_matches_cpu_kernel(emulated):
     emulated_gpu = emulated.memory_read_fwd(query, memory, lam, True, TEMPERATURE)
     for c, g in zip(cpu, emulated_gpu):
         torch.testing.assert_close(g, c, rtol=1e-4, atol=1e-5)
+
+
+def _run_under_asan(case):
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()
+    if not os.path.isabs(libasan):
+        pytest.skip("gcc has no libasan here")
+    env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0")
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "cuda_emulation" / "asan_check.py"),
+                           case], capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_kernels_stay_in_bounds_under_address_sanitizer():
+    """Every kernel of the forward and backward, in every dtype, split and unsplit, odd
+    shapes, C = 0 included: no access outside a tensor, shared memory or a stack."""
+    result = _run_under_asan("cases")
+    assert result.returncode == 0 and "all cases ran" in result.stdout, result.stderr[-4000:]
+
+
+def test_address_sanitizer_catches_an_out_of_bounds_write():
+    result = _run_under_asan("out_of_bounds")
+    assert result.returncode != 0
+    assert "AddressSanitizer: heap-buffer-overflow" in result.stderr, result.stderr[-4000:]

@@ -22,6 +22,10 @@
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -109,9 +113,7 @@ memae_cuda_emulation_switch:
 struct Context {
   void* sp = nullptr;
 };
-inline void switch_context(Context& from, Context& to) {
-  memae_cuda_emulation_switch(&from.sp, to.sp);
-}
+inline void raw_switch(Context& from, Context& to) { memae_cuda_emulation_switch(&from.sp, to.sp); }
 // A context that starts entry() on the stack [base, base + bytes); entry never returns.
 inline void make_context(Context& context, char* base, size_t bytes, void (*entry)()) {
   auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t(15);
@@ -126,7 +128,7 @@ inline void make_context(Context& context, char* base, size_t bytes, void (*entr
 struct Context {
   ucontext_t uc;
 };
-inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
 inline void make_context(Context& context, char* base, size_t bytes, void (*entry)()) {
   getcontext(&context.uc);
   context.uc.uc_stack.ss_sp = base;
@@ -136,6 +138,44 @@ inline void make_context(Context& context, char* base, size_t bytes, void (*entr
 }
 #endif
 
+// Under AddressSanitizer (tests/test_cuda_emulated.py's memory check) every switch is
+// announced, so that it tracks which stack is live.
+struct Stack {
+  const void* bottom = nullptr;
+  size_t size = 0;
+};
+inline void switch_stack(Context& from, Context& to, const Stack& to_stack, bool from_finished,
+                         Stack* came_from) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(from_finished ? nullptr : &fake_stack, to_stack.bottom,
+                                 to_stack.size);
+  raw_switch(from, to);
+  __sanitizer_finish_switch_fiber(fake_stack, came_from ? &came_from->bottom : nullptr,
+                                  came_from ? &came_from->size : nullptr);
+#else
+  (void)to_stack, (void)from_finished, (void)came_from;
+  raw_switch(from, to);
+#endif
+}
+// A finished fiber's frames stay marked as live stack (it never returned): clear them before the
+// memory is reused or freed.
+inline void forget_stack(char* base, size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_UNPOISON_MEMORY_REGION(base, bytes);
+#else
+  (void)base, (void)bytes;
+#endif
+}
+// The first thing a new fiber does (it was switched to from the scheduler's stack).
+inline void started_on_new_stack(Stack* came_from) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &came_from->bottom, &came_from->size);
+#else
+  (void)came_from;
+#endif
+}
+
 constexpr int kWarpSize = 32;
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kDefaultSharedLimit = 48 * 1024;
@@ -144,6 +184,7 @@ enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
 struct Fiber {
   Context context;
+  Stack stack;
   State state = State::Runnable;
   dim3 thread_idx;
   uint64_t mma_calls = 0;
@@ -153,6 +194,7 @@ struct Fiber {
 struct Block {
   std::vector<Fiber> fibers;
   Context scheduler;
+  Stack scheduler_stack;
   int current = 0;
   int block_arrivals = 0;
   std::vector<int> warp_arrivals;
@@ -183,9 +225,10 @@ inline int linear_thread() {
   return static_cast<int>(t.x + b.block_dim.x * (t.y + b.block_dim.y * t.z));
 }
 
-inline void yield_to_scheduler() {
+inline void yield_to_scheduler(bool finished = false) {
   Block& b = block();
-  switch_context(b.fibers[b.current].context, b.scheduler);
+  Fiber& f = b.fibers[b.current];
+  switch_stack(f.context, b.scheduler, b.scheduler_stack, finished, &b.scheduler_stack);
 }
 
 inline std::string where() {
@@ -285,13 +328,14 @@ struct FiberEntry {
   static Body* body;
   static void run() {
     Block& b = block();
+    started_on_new_stack(&b.scheduler_stack);
     try {
       (*body)();
     } catch (...) {
       if (!b.error) b.error = std::current_exception();
     }
     b.fibers[b.current].state = State::Done;
-    switch_context(b.fibers[b.current].context, b.scheduler);
+    yield_to_scheduler(/*finished=*/true);
   }
 };
 template <typename Body>
@@ -350,6 +394,8 @@ void run_grid(const Launch& launch, Body body) {
             f.thread_idx = dim3(t % launch.block_dim.x,
                                 (t / launch.block_dim.x) % launch.block_dim.y,
                                 t / (launch.block_dim.x * launch.block_dim.y));
+            f.stack = Stack{stacks.get() + kStackBytes * t, kStackBytes};
+            forget_stack(stacks.get() + kStackBytes * t, kStackBytes);
             make_context(f.context, stacks.get() + kStackBytes * t, kStackBytes,
                          &FiberEntry<Body>::run);
           }
@@ -361,7 +407,7 @@ void run_grid(const Launch& launch, Body body) {
               const int t = reverse ? threads - 1 - i : i;
               if (b.fibers[t].state != State::Runnable) continue;
               b.current = t;
-              switch_context(b.scheduler, b.fibers[t].context);
+              switch_stack(b.scheduler, b.fibers[t].context, b.fibers[t].stack, false, nullptr);
               progressed = true;
               if (b.error) std::rethrow_exception(b.error);
               if (b.fibers[t].state == State::Done) ++done;
@@ -381,9 +427,11 @@ void run_grid(const Launch& launch, Body body) {
         }
   } catch (...) {
     running_block() = nullptr;
+    forget_stack(stacks.get(), kStackBytes * threads);
     throw;
   }
   running_block() = nullptr;
+  forget_stack(stacks.get(), kStackBytes * threads);
 }
 
 template <typename... Params, typename... Args>

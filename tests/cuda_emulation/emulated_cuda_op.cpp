@@ -28,6 +28,9 @@ __global__ void missing_barrier_kernel(int* out) {
   out[threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
 }
 
+// Writes one element past the end of its output.
+__global__ void out_of_bounds_kernel(int* out) { out[threadIdx.x + 1] = 1; }
+
 at::Tensor run(const std::string& name) {
   at::Tensor out = at::zeros({64}, at::kInt);
   if (name == "divergent_barrier") {
@@ -37,6 +40,8 @@ at::Tensor run(const std::string& name) {
   } else if (name == "missing_barrier") {
     cuda_emulation::launch(missing_barrier_kernel, dim3(1), dim3(64), 64 * sizeof(int),
                            out.data_ptr<int>());
+  } else if (name == "out_of_bounds") {
+    cuda_emulation::launch(out_of_bounds_kernel, dim3(1), dim3(64), 0, out.data_ptr<int>());
   } else {
     TORCH_CHECK(false, "self_test: unknown case ", name);
   }
@@ -61,6 +66,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       pybind11::arg("multiprocessors"), pybind11::arg("shared_optin_bytes"),
       pybind11::arg("reverse_schedule"));
   m.def("self_test", &emulation_self_test::run,
-        "Runs one of the deliberately broken kernels: divergent_barrier, misaligned_wmma or "
-        "missing_barrier (whose output depends on the schedule).");
+        "Runs one of the deliberately broken kernels: divergent_barrier, misaligned_wmma, "
+        "out_of_bounds (for AddressSanitizer) or missing_barrier (whose output depends on "
+        "the schedule).");
 }
