@@ -53,14 +53,59 @@ def safe_threshold(w, target, rel_margin=REL_MARGIN):
     return thres
 
 
+def weights_of_16bit_unit_vectors(query, memory, temperature):
+    """Softmax weights, in float64, from the operands the fused kernels multiply for 16-bit
+    cosine similarity: rows normalised in float32, then rounded to the input dtype."""
+    def unit_rows(x):
+        x = x.float()
+        return (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(query.dtype).double()
+
+    return torch.softmax(unit_rows(query) @ unit_rows(memory).t() / temperature, dim=1)
+
+
+def safe_threshold_for(query, memory, similarity, temperature, target, rel_margin=REL_MARGIN):
+    """safe_threshold for these inputs. For 16-bit cosine the margin is kept from the fused
+    kernels' weights too: rounding the unit vectors moves logits by ~1e-3 / temperature, so
+    the threshold must not fall between a weight and its kernel value either."""
+    w = weights(query, memory, similarity, temperature)
+    if similarity != "cosine" or query.dtype.itemsize != 2:
+        return safe_threshold(w, target, rel_margin)
+    w_kernel = weights_of_16bit_unit_vectors(query, memory, temperature)
+    # Forbidden: each [min, max] of a weight and its kernel value, widened by the margin.
+    low = torch.minimum(w, w_kernel).flatten() * (1 - rel_margin)
+    high = torch.maximum(w, w_kernel).flatten() * (1 + rel_margin)
+    order = torch.argsort(low)
+    low, high = low[order].tolist(), high[order].tolist()
+    lo, hi = target / 1.5, target * 1.5
+    best, covered_to = None, lo
+    for start, end in zip(low + [hi], high + [hi]):
+        if start > covered_to:  # (covered_to, start) is free: its point nearest the target
+            point = min(max(target, covered_to), start)
+            if lo < point < hi and (best is None or abs(point - target) < abs(best - target)):
+                best = point
+        covered_to = max(covered_to, end)
+    if best is None:
+        raise AssertionError(f"no threshold near {target} keeps a margin; draw other inputs")
+    assert ((w - best).abs() > rel_margin * best / 2).all()
+    assert torch.equal(w > best, w_kernel > best)
+    return best
+
+
 def draw_case(q, n, c, *, shrink_factor=2.0, similarity="cosine", temperature=0.1,
               dtype=torch.float64, seed=None, device="cpu", scale=None):
-    """Inputs plus a threshold near shrink_factor / n (0 for no shrinkage) with a margin."""
-    query, memory = draw(q, n, c, similarity=similarity, temperature=temperature, dtype=dtype,
-                         seed=seed, device=device, scale=scale)
-    w = weights(query, memory, similarity, temperature)
-    lam = safe_threshold(w, shrink_factor / n) if shrink_factor else 0.0
-    return query, memory, lam
+    """Inputs plus a threshold near shrink_factor / n (0 for no shrinkage) with a margin.
+    Without a seed, draws again until such a threshold exists."""
+    for _ in range(1 if seed is not None else 20):
+        query, memory = draw(q, n, c, similarity=similarity, temperature=temperature,
+                             dtype=dtype, seed=seed, device=device, scale=scale)
+        try:
+            lam = (safe_threshold_for(query, memory, similarity, temperature, shrink_factor / n)
+                   if shrink_factor else 0.0)
+            return query, memory, lam
+        except AssertionError:
+            if seed is not None:
+                raise
+    raise AssertionError(f"no threshold near {shrink_factor} / {n} keeps a margin")
 
 
 def eager_in_orders(run, query, memory, grad_read, grad_ent, orders=3):

@@ -6,7 +6,7 @@ import torch
 
 import python_ref
 from cases import (check_against_reference, draw, draw_case, eager_in_orders, safe_threshold,
-                   weights)
+                   safe_threshold_for, weights)
 from memae_fused import _ops_cpp, backends, memory_read
 
 pytestmark = pytest.mark.skipif(
@@ -20,30 +20,11 @@ needs_cuda = pytest.mark.skipif(
 TEMPERATURE = 0.1
 
 
-def safe_threshold_for_op(query, memory, similarity, target):
-    """A threshold near target with a margin from the weights in float64 and, for 16-bit
-    cosine, also from the weights the GPU kernels compute: they normalise in float32 and round
-    the unit vectors to the input dtype, which moves logits by ~1e-3 / temperature, so a
-    weight close to the threshold could fall on the other side of it than in the reference."""
-    w = weights(query, memory, similarity, TEMPERATURE)
-    if similarity != "cosine" or query.dtype.itemsize != 2:
-        return safe_threshold(w, target)
-
-    def unit_rows(x):
-        x = x.float()
-        return (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(query.dtype).double()
-
-    w_op = torch.softmax(unit_rows(query) @ unit_rows(memory).t() / TEMPERATURE, dim=1)
-    lam = safe_threshold(torch.cat([w.flatten(), w_op.flatten()]), target)
-    assert torch.equal(w > lam, w_op > lam), "a weight and its 16-bit value straddle the threshold"
-    return lam
-
-
 def draw_safe(q, n, c, *, shrink_factor, similarity, dtype=torch.float64, seed=0, device="cpu"):
     """draw_case, retrying other seeds when no threshold near the target keeps a margin. Among
     the ~10^5 distinct weights of a large Q x N there is no such threshold, so there the
     queries and slots are a few distinct rows repeated in random order."""
-    # 16-bit cosine thresholds keep a margin from twice as many weights (safe_threshold_for_op).
+    # 16-bit cosine thresholds keep a margin from twice as many weights (safe_threshold_for).
     most = 4000 if similarity == "cosine" and dtype.itemsize == 2 else 20000
     distinct_q, distinct_n = (q, n) if q * n <= most else (min(q, 16), min(n, 48))
     for attempt in range(20):
@@ -55,7 +36,7 @@ def draw_safe(q, n, c, *, shrink_factor, similarity, dtype=torch.float64, seed=0
                 query = query[torch.randint(0, distinct_q, (q,), generator=gen)]
                 memory = memory[torch.randint(0, distinct_n, (n,), generator=gen)]
             query, memory = query.to(dtype), memory.to(dtype)
-            lam = (safe_threshold_for_op(query, memory, similarity, shrink_factor / n)
+            lam = (safe_threshold_for(query, memory, similarity, TEMPERATURE, shrink_factor / n)
                    if shrink_factor else 0.0)
             return query.to(device), memory.to(device), lam
         except AssertionError:

@@ -39,9 +39,9 @@ def run_both(q, n, c, *, similarity, shrink_factor, dtype, temperature=None, sca
     if temperature is None:  # logits of a few units either way
         temperature = 0.1 if similarity == "cosine" else 0.5
     query, memory, lam = draw_case(q, n, c, shrink_factor=shrink_factor, similarity=similarity,
-                                   temperature=temperature, scale=scale)
+                                   temperature=temperature, scale=scale, dtype=dtype)
     # The reference sees exactly the values the kernel sees, in float64.
-    query, memory = query.to(dtype).double(), memory.to(dtype).double()
+    query, memory = query.double(), memory.double()
     grad_read, grad_ent = torch.randn(q, c, dtype=torch.float64), torch.randn(q, dtype=torch.float64)
     args = (lam, similarity, temperature)
     want = grads_of(query, memory, *args, python_ref.memory_read, grad_read, grad_ent)
