@@ -20,7 +20,7 @@ def draw(q, n, c, *, similarity="cosine", temperature=0.1, dtype=torch.float64, 
     memory = torch.randn(n, c, generator=gen, dtype=torch.float64)
     memory *= torch.rand(n, 1, generator=gen, dtype=torch.float64) + 0.5
     if scale is None:
-        scale = 1.0 if similarity == "cosine" else c ** -0.5
+        scale = 1.0 if similarity == "cosine" or c == 0 else c ** -0.5
     query *= scale
     return query.to(device=device, dtype=dtype), memory.to(device=device, dtype=dtype)
 

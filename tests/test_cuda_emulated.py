@@ -17,8 +17,9 @@ import sys
 
 import pytest
 import torch
+from hypothesis import assume, given, settings, strategies as st
 
-from cases import draw, safe_threshold, weights
+from cases import draw, draw_case, safe_threshold, weights
 from cuda_emulation import ROOT, load_emulated
 from test_cpp_op import CUDA_SHAPES, TEMPERATURE, compare_results, draw_safe
 
@@ -90,6 +91,36 @@ def test_matches_reference(emulated, shape, dtype, similarity, shrink_factor, mu
     query, memory, lam = draw_safe(*shape, shrink_factor=shrink_factor, similarity=similarity,
                                    dtype=dtype)
     compare(emulated, query, memory, lam, similarity, TOLERANCES[dtype])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    q=st.integers(1, 80), n=st.integers(1, 200), c=st.integers(0, 300),
+    similarity=st.sampled_from(["cosine", "dot"]),
+    shrink_factor=st.sampled_from([0.0, 0.7, 1.5, 3.0]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    multiprocessors=st.sampled_from([1, 3, 132]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_shapes_match_reference(cuda_emulated, q, n, c, similarity, shrink_factor, dtype,
+                                       multiprocessors, seed):
+    """Any shape, on a GPU with few or many SMs (which decides the splits)."""
+    if n == 1 or c == 0:
+        shrink_factor = min(shrink_factor, 0.5)  # every weight is 1/N: keep them
+    try:
+        query, memory, lam = draw_case(q, n, c, shrink_factor=shrink_factor,
+                                       similarity=similarity, temperature=TEMPERATURE,
+                                       dtype=dtype, seed=seed)
+    except AssertionError:
+        assume(False)  # no threshold with a margin for this draw
+    cuda_emulated.configure(multiprocessors=multiprocessors,
+                            shared_optin_bytes=H100_SHARED_OPTIN, reverse_schedule=False)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        compare(cuda_emulated, query, memory, lam, similarity, TOLERANCES[dtype], seed=seed)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=DTYPE_IDS.get)
