@@ -485,11 +485,13 @@ def _keys(query, memory, cosine):
 
 
 def _launch(kernel, grid, *args, **meta):
-    if triton_interpret_enabled() and any(_is_traced(a) for a in args
-                                          if isinstance(a, torch.Tensor)):
-        # Only reached under Triton's interpreter, where torch's wrap_triton hands back the
-        # raw kernel even while torch.compile traces with fake tensors: they carry shapes,
-        # not data, so there is nothing to run (on a GPU the launch is traced instead).
+    if triton_interpret_enabled():
+        # Under Triton's interpreter torch cannot trace into the kernel (torch 2.14's
+        # wrap_triton hands back the raw kernel, torch 2.11's refuses an interpreted one), so
+        # it is called directly; while torch.compile traces with fake tensors, which carry
+        # shapes and no data, there is nothing to run (on a GPU the launch is traced instead).
+        if not any(_is_traced(a) for a in args if isinstance(a, torch.Tensor)):
+            kernel[grid](*args, **meta)
         return
     wrap_triton(kernel)[grid](*args, **meta)
 

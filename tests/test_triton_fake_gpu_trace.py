@@ -1,0 +1,76 @@
+"""torch.compile's view of the Triton ops on a GPU, checked without one (tests/fake_gpu_trace.py
+traces them on fake CUDA tensors for an sm_90 target). On a GPU, test_triton.py's
+test_compile_fullgraph_captures_the_op compiles them for real."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SCRIPT = pathlib.Path(__file__).with_name("fake_gpu_trace.py")
+
+# What each kernel writes (the forward kernel by its SPLIT mode); the rest of its tensor
+# arguments it only reads.
+WRITES = {
+    ("_row_max_sum_kernel", None): {"PART_MAX", "PART_SUM"},
+    ("_fwd_kernel", False): {"READ", "ENT", "STATS"},
+    ("_fwd_kernel", True): {"PART_ACC", "PART_STATS"},
+    ("_bwd_query_kernel", None): {"PART_R", "PART_X", "PART_Y"},
+    ("_bwd_memory_kernel", None): {"PART_DMK", "PART_DMV"},
+}
+
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="on a GPU the ops are compiled for real (test_triton.py)")
+
+
+@pytest.fixture(scope="module")
+def traces():
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == 3 * 4 * 2 * 2  # shapes x dtypes x similarities x thresholds
+    return records
+
+
+def _label(record):
+    return (f"{tuple(record['shape'])} {record['dtype']} "
+            f"{'cosine' if record['cosine'] else 'dot'} lam={record['shrink_thres']}")
+
+
+def test_every_launch_is_traced_into_with_its_writes_known(traces):
+    for record in traces:
+        label = _label(record)
+        # Fully decomposed: no opaque custom op left for the compiler.
+        assert record["custom_ops"] == [], label
+        # Triton's front end analysed every kernel for sm_90: a failure there is logged and
+        # makes torch clone every tensor argument.
+        assert record["warnings"] == [], (label, record["warnings"][:2])
+        for launch in record["launches"]:
+            assert launch["wrapper"] == "triton_kernel_wrapper_functional", label
+            written = set(launch["written"])
+            assert written == WRITES[(launch["kernel"], launch["split"])], (label, launch)
+
+
+def test_launch_sequence_and_splits(traces):
+    sms = 132
+    for record in traces:
+        q, n, _ = record["shape"]
+        kernels = [launch["kernel"] for launch in record["launches"]]
+        grids = {launch["kernel"]: launch["grid"][0] for launch in record["launches"]}
+        split_forward = kernels[0] == "_row_max_sum_kernel"
+        expected = (["_row_max_sum_kernel"] if split_forward else []) + [
+            "_fwd_kernel", "_bwd_query_kernel", "_bwd_memory_kernel"]
+        assert kernels == expected, _label(record)
+        forward = next(launch for launch in record["launches"] if launch["kernel"] == "_fwd_kernel")
+        assert forward["split"] == split_forward, _label(record)
+        if q == 16384:
+            # Many queries fill the GPU unsplit.
+            assert not split_forward and grids["_fwd_kernel"][0] >= 2 * sms, _label(record)
+        if q == 4:
+            # One query block: the memory is split across the grid to fill the SMs.
+            assert split_forward and grids["_fwd_kernel"][1] >= sms, _label(record)
+            assert grids["_bwd_query_kernel"][1] >= sms, _label(record)
