@@ -4,8 +4,9 @@
 #   bench/gpu_check.sh            (from anywhere in the repo; uses the python3 on PATH)
 #
 # Writes to $OUT (default .benchmarks/gpu_check-<time>, ignored by git): gpu_check.log (all
-# output), bench-sweep.json and bench-perf.json (pytest-benchmark), and the report
-# <date>-<HHMM>-cuda-<gpu>.md/.png/.json, which is what goes to bench/results/.
+# output), bench-sweep.json and bench-perf.json (pytest-benchmark), tune.json (tile shapes
+# timed), capacity.json, and the report <date>-<HHMM>-cuda-<gpu>.md/.png/.json, which is what
+# goes to bench/results/ (8 files: as many as the device tool brings back).
 # Finishes in about GPU_CHECK_SECONDS (default 500; at worst about 100 s more): the build and
 # the tests have hard time limits, the benchmarks get what they leave and skip the cases they
 # have no time for (listed as skipped in the log).
@@ -13,7 +14,8 @@
 # Last, bench/capacity.py runs the largest problem, (65536, 100000, 256) bf16 forward +
 # backward, with each fused backend (GPU_CHECK_CAPACITY_SECONDS, default 90; 0 skips it).
 #
-# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (500), TORCH_CUDA_ARCH_LIST (9.0),
+# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (500), GPU_CHECK_TUNE_SECONDS (60: the
+# tile-shape timing, within the total; 0 skips it), TORCH_CUDA_ARCH_LIST (9.0),
 # GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all), GPU_CHECK_BENCH_ARGS (more
 # pytest arguments for the benchmarks, e.g. "-k bfloat16"), GPU_CHECK_TEST_WORKERS (8: pytest-xdist
 # workers for the tests, when pytest-xdist is installed),
@@ -102,6 +104,14 @@ for name in backends.BACKENDS:
   # No -x: one call must show every failure there is (the time limit bounds a broken run).
   run_step tests timeout 200 "$PY" -m pytest tests -q --maxfail=25 -p no:cacheprovider \
     --continue-on-collection-errors "${test_k[@]}"
+
+  # Tile shapes: the committed picks against the other spill-free candidates, bf16 at the
+  # first performance shape, each kernel on its own (bench/tune_triton_tiles.py).
+  local tune_s=${GPU_CHECK_TUNE_SECONDS:-60}
+  if [ "$has_gpu" = 1 ] && [ "$tune_s" -gt 0 ]; then
+    run_step tune timeout -s INT $(( tune_s + 60 )) "$PY" bench/tune_triton_tiles.py --quick \
+      --shapes 16384,2000,256 --budget "$tune_s" --out "$OUT/tune.json"
+  fi
 
   # Benchmarks: the sweep (for the plot) gets a third of the time left, the shapes the rest.
   # A case started within its budget may overrun it (a compile takes ~20 s): hence the reserve.

@@ -1,4 +1,5 @@
-"""Registers, spills and shared memory of the Triton kernels per tile shape, without a GPU.
+"""Registers, spills, shared memory and matrix instructions of the Triton kernels per tile
+shape, without a GPU.
 
     python bench/triton_resources.py [--arch 90] [--jobs 2] [--out FILE.json]
     python bench/triton_resources.py --check     (only the shapes tile_config picks)
@@ -6,8 +7,11 @@
 Compiles each kernel ahead of time for the target (Triton's own compiler and ptxas, no driver)
 and reads the cubin's resource use with the cuobjdump that ships with Triton. A tile shape
 that spills (stack > 0) or needs more shared memory than an SM has fails or crawls on the GPU,
-whatever its speed would otherwise be; tile_config must pick shapes that do neither. Speed
-itself needs the GPU: bench/tune_triton_tiles.py.
+whatever its speed would otherwise be; tile_config must pick shapes that do neither. The PTX
+says which tensor-core instructions the products became: Hopper's warpgroup wgmma (HGMMA in
+SASS) where a tile gives each warpgroup 64 rows, else the older mma.sync (HMMA), which runs
+Hopper's tensor cores at a fraction of their rate. Speed itself needs the GPU:
+bench/tune_triton_tiles.py.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ MODES = {
     "float64": ("fp64", "ieee", torch.float64),
 }
 CANDIDATES = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 64, 8, 2),
-              (32, 32, 4, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 4, 1)]
+              (32, 32, 4, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 4, 1),
+              # 64 rows with a narrow sweep tile: wgmma at widths where 64 x 32 spills
+              (64, 16, 8, 2), (64, 16, 4, 2), (16, 64, 8, 2)]
 BLOCK_CS = [64, 128, 256, 512]
 INT_ARGS = {"Q", "N", "C", "n_per_split", "q_per_split"}
 DATA_ARGS = {"ZQ", "MK", "MV", "G", "READ", "ENT"}
@@ -94,7 +100,15 @@ def compile_usage(kernel_name, mode, block_c, tiles, arch, variant=0):
     finally:
         os.unlink(fh.name)
     usage = dict(re.findall(r"(REG|STACK):(\d+)", out))
-    return dict(regs=int(usage["REG"]), stack=int(usage["STACK"]), shared=compiled.metadata.shared)
+    return dict(regs=int(usage["REG"]), stack=int(usage["STACK"]), shared=compiled.metadata.shared,
+                mma=matrix_instructions(compiled.asm["ptx"]))
+
+
+def matrix_instructions(ptx: str) -> str:
+    """The tensor-core instructions in a kernel's PTX: "wgmma", "mma.sync" or "none" (FMA)."""
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    return "mma.sync" if re.search(r"\bmma\.sync", ptx) else "none"
 
 
 # Stack bytes per thread that --check tolerates in a pick: a few spilled registers, not the
@@ -109,9 +123,9 @@ def usable(usage, arch, spill=0):
 
 
 def propose(results):
-    """Per (mode, kernel, block_c), the usable shape with the largest tile (block_q x
-    block_n), then the least shared memory, then the fewest registers: a resource-only rule
-    until the GPU has timed them."""
+    """Per (mode, kernel, block_c), the usable shape that uses wgmma if any does, then the
+    largest tile (block_q x block_n), the least shared memory, the fewest registers: a rule
+    from resources and instructions until the GPU has timed them."""
     best = {}
     for r in results:
         if "error" in r or r["shared"] > SHARED_LIMIT.get(r.get("arch", 90), SHARED_LIMIT[90]):
@@ -121,10 +135,11 @@ def propose(results):
         spill = r["stack"] if r["stack"] <= SMALL_SPILL else None
         if spill is None:
             continue
-        rank = (spill, -r["tiles"][0] * r["tiles"][1], r["shared"], r["regs"])
+        rank = (spill, r.get("mma") != "wgmma", -r["tiles"][0] * r["tiles"][1], r["shared"],
+                r["regs"])
         if key not in best or rank < best[key][0]:
-            best[key] = (rank, tuple(r["tiles"]))
-    return {key: (tiles, rank[0]) for key, (rank, tiles) in sorted(best.items())}
+            best[key] = (rank, tuple(r["tiles"]), r.get("mma", "?"))
+    return {key: (tiles, rank[0], mma) for key, (rank, tiles, mma) in sorted(best.items())}
 
 
 def _job(args):
@@ -155,8 +170,8 @@ def main():
         for path in args.propose:
             with open(path) as fh:
                 results += json.load(fh)["results"]
-        for (mode, kernel_name, block_c), (tiles, spill) in propose(results).items():
-            print(f"{mode:13s} {kernel_name:16s} C<={block_c:<4d} {tiles}"
+        for (mode, kernel_name, block_c), (tiles, spill, mma) in propose(results).items():
+            print(f"{mode:13s} {kernel_name:16s} C<={block_c:<4d} {str(tiles):17s} {mma:8s}"
                   + (f"  spills {spill} B" if spill else ""))
         return 0
 

@@ -1,6 +1,7 @@
 """Sweep the Triton kernels' tile shapes on a GPU and print the fastest per kernel.
 
-    python3 bench/tune_triton_tiles.py [--out results.json] [--quick]
+    python3 bench/tune_triton_tiles.py [--out results.json] [--quick] [--shapes Q,N,C;...]
+                                       [--budget SECONDS]
 
 Each kernel ("forward", "backward_query", "backward_memory") is swept on its own while the
 other two keep memae_fused.triton_memory.tile_config's current choice; the forward is timed
@@ -18,6 +19,7 @@ import itertools
 import json
 import os
 import sys
+import time
 
 import torch
 import triton.testing
@@ -32,8 +34,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def candidates(kernel, mode, block_c, current):
-    """The current shape plus every shape that was spill-free and within shared memory in
-    each resource sweep that compiled it."""
+    """The current shape, then every shape that was spill-free and within shared memory in
+    each resource sweep that compiled it, largest first."""
     verdicts = {}
     for path in glob.glob(os.path.join(RESULTS, "*-triton-resources-sm90.json")):
         with open(path) as fh:
@@ -42,8 +44,9 @@ def candidates(kernel, mode, block_c, current):
                     if (r["kernel"], r["mode"], r["block_c"]) == (kernel, mode, block_c):
                         key = tuple(r["tiles"])
                         verdicts[key] = verdicts.get(key, True) and r["usable"]
-    shapes = [current] + [triton_memory.Tiles(*t) for t, ok in sorted(verdicts.items()) if ok]
-    return list(dict.fromkeys(shapes))
+    # Largest tiles first: the likelier winners, timed before a --budget runs out.
+    usable = sorted((t for t, ok in verdicts.items() if ok), key=lambda t: (-t[0] * t[1], t))
+    return list(dict.fromkeys([current] + [triton_memory.Tiles(*t) for t in usable]))
 
 
 def time_kernel(kernel, tiles, q, n, c, dtype):
@@ -73,13 +76,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="write all timings here as JSON")
     parser.add_argument("--quick", action="store_true", help="bf16 only")
+    parser.add_argument("--shapes", help="Q,N,C;... instead of " + str(SHAPES))
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds, shared evenly by the kernels: each starts no new "
+                             "candidate after its share (gpu_check's step)")
     args = parser.parse_args(argv)
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(map(int, shape.split(","))) for shape in args.shapes.split(";")]
     if not torch.cuda.is_available():
         print("no GPU: nothing to tune", file=sys.stderr)
         return 1
     dtypes = (torch.bfloat16,) if args.quick else (torch.bfloat16, torch.float32)
     rows = []
-    for (q, n, c), dtype, kernel in itertools.product(SHAPES, dtypes, KERNELS):
+    groups = list(itertools.product(shapes, dtypes, KERNELS))
+    for (q, n, c), dtype, kernel in groups:
+        deadline = time.monotonic() + args.budget / len(groups)
         precision = triton_memory._dot_precision(dtype)
         mode = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
             dtype, "float32-tf32" if precision == "tf32" else "float32")
@@ -88,6 +100,9 @@ def main(argv=None):
                                             precision)
         best = None
         for tiles in candidates(kernel, mode, block_c, default):
+            if time.monotonic() > deadline:
+                print(f"  budget spent: skip {kernel} {tuple(tiles)}", file=sys.stderr)
+                continue
             try:
                 ms = time_kernel(kernel, tiles, q, n, c, dtype)
             except Exception as exc:  # out of shared memory or registers: not a candidate
@@ -97,14 +112,17 @@ def main(argv=None):
                              ms=ms, default=tiles == default))
             if best is None or ms < best[1]:
                 best = (tiles, ms)
+        if best is None:
+            print(f"{kernel:16s} ({q},{n},{c}) {str(dtype):15s} nothing timed", flush=True)
+            continue
         default_ms = next((r["ms"] for r in rows if r["default"] and r["kernel"] == kernel
                            and (r["q"], r["n"], r["dtype"]) == (q, n, str(dtype))), float("nan"))
         print(f"{kernel:16s} ({q},{n},{c}) {str(dtype):15s} best {tuple(best[0])} "
               f"{best[1]:.3f} ms; current {tuple(default)} {default_ms:.3f} ms", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "triton": triton.__version__, "rows": rows}, f, indent=1)
+        if args.out:  # after every kernel, so that a run cut short keeps what it timed
+            with open(args.out, "w") as f:
+                json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "triton": triton.__version__, "rows": rows}, f, indent=1)
     return 0
 
 

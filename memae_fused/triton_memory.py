@@ -340,26 +340,29 @@ class Tiles(NamedTuple):
 # BLOCK_C). A program keeps BLOCK x BLOCK_C tiles of its rows and one or two float32 accumulators
 # in registers, so wide channels take small tiles. Chosen by bench/triton_resources.py, which
 # compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version; the
-# picks rechecked with 3.8, in every launch variant): the largest tile that compiles without
-# register spills and within an H100's shared memory; where none is spill-free, the least
-# spilling (its KNOWN_SPILLS lists them). The larger candidates spill kilobytes, or exceed
-# shared memory, which fails the launch. Their speed is not yet timed on a GPU
-# (bench/tune_triton_tiles.py).
+# picks rechecked with 3.8, in every launch variant): among the tiles that compile without
+# register spills and within an H100's shared memory, one whose products become Hopper's
+# wgmma if any does (64 rows per warpgroup; the others get mma.sync, Hopper's slower
+# tensor-core path), then the largest; where none is spill-free, the least spilling (its
+# KNOWN_SPILLS lists them). The larger candidates spill kilobytes, or exceed shared memory,
+# which fails the launch. At C = 256 only the 16-bit forward finds a spill-free wgmma tile:
+# the backward kernels hold two C-wide float32 accumulators per row. Their speed is not yet
+# timed on a GPU (bench/tune_triton_tiles.py, a step of bench/gpu_check.sh).
 _TILES = {
     "16-bit": {  # bfloat16 / float16 on tensor cores
-        "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (32, 64, 8, 2),
+        "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (64, 32, 8, 2),
                     512: (32, 16, 8, 1)},
-        "backward_query": {64: (64, 64, 8, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2),
+        "backward_query": {64: (64, 64, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2),
                            512: (16, 16, 8, 1)},
-        "backward_memory": {64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+        "backward_memory": {64: (16, 64, 8, 2), 128: (16, 64, 8, 2), 256: (32, 32, 8, 1),
                             512: (16, 16, 8, 1)},
     },
     "tf32": {  # float32 with torch's TF32 allowed
-        "forward": {64: (64, 64, 8, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 1),
+        "forward": {64: (64, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
                     512: (16, 16, 8, 1)},
-        "backward_query": {64: (64, 64, 4, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2),
+        "backward_query": {64: (64, 64, 4, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2),
                            512: (16, 16, 8, 1)},
-        "backward_memory": {64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+        "backward_memory": {64: (16, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
                             512: (16, 16, 8, 1)},
     },
     # IEEE float32 products on CUDA cores. At C > 128 no candidate is spill-free in every
@@ -432,12 +435,17 @@ def _launch_meta(kernel, block_c, dtype, device, **constants):
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+    # Under the interpreter, two: inputs of a single block then take the split path, so the
+    # CPU tests run both.
+    return 2
 
 
 def plan_splits(num_blocks: int, length: int, block: int, device: torch.device) -> int:
-    """How many ways to split a sweep of `length` so num_blocks·splits fills the device."""
-    target = 2 * _num_sms(device)
+    """How many ways to split a sweep of `length` so num_blocks·splits fills the device: a
+    program per SM, since the picked tiles take most of an SM's registers (one resident
+    program each, 200-255 registers x 256 threads); more splits would only add partial sums
+    to combine."""
+    target = _num_sms(device)
     if num_blocks >= target:
         return 1
     most = triton.cdiv(length, block)
