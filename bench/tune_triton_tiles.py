@@ -33,20 +33,36 @@ KERNELS = ("forward", "backward_query", "backward_memory")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+# A wgmma shape that spills at most this much (bytes per thread) is timed too where no
+# spill-free one exists: Hopper's faster tensor-core instructions against the spill's cost.
+WGMMA_SPILL = 512
+SHARED_LIMIT = 232448
+
+
 def candidates(kernel, mode, block_c, current):
-    """The current shape, then every shape that was spill-free and within shared memory in
-    each resource sweep that compiled it, largest first."""
-    verdicts = {}
+    """The current shape; if no spill-free shape uses wgmma, the least-spilling wgmma shape
+    within WGMMA_SPILL; then every shape that was spill-free and within shared memory in each
+    resource sweep that compiled it, largest first."""
+    verdicts, wgmma_spill = {}, {}
     for path in glob.glob(os.path.join(RESULTS, "*-triton-resources-sm90.json")):
         with open(path) as fh:
             for run in json.load(fh)["runs"]:
                 for r in run["results"]:
-                    if (r["kernel"], r["mode"], r["block_c"]) == (kernel, mode, block_c):
-                        key = tuple(r["tiles"])
-                        verdicts[key] = verdicts.get(key, True) and r["usable"]
+                    if (r["kernel"], r["mode"], r["block_c"]) != (kernel, mode, block_c):
+                        continue
+                    key = tuple(r["tiles"])
+                    verdicts[key] = verdicts.get(key, True) and r["usable"]
+                    if r.get("mma") == "wgmma" and r["shared"] <= SHARED_LIMIT:
+                        wgmma_spill[key] = max(wgmma_spill.get(key, 0), r["stack"])
     # Largest tiles first: the likelier winners, timed before a --budget runs out.
-    usable = sorted((t for t, ok in verdicts.items() if ok), key=lambda t: (-t[0] * t[1], t))
-    return list(dict.fromkeys([current] + [triton_memory.Tiles(*t) for t in usable]))
+    usable = [current] + sorted((triton_memory.Tiles(*t) for t, ok in verdicts.items() if ok),
+                                key=lambda t: (-t.block_q * t.block_n, t))
+    spilling = []
+    if not any(wgmma_spill.get(tuple(t)) == 0 for t in usable):
+        spilling = sorted((stack, t) for t, stack in wgmma_spill.items() if stack <= WGMMA_SPILL)
+        spilling = [triton_memory.Tiles(*spilling[0][1])] if spilling else []
+    # The wgmma comparison right after the current shape, before a --budget runs out.
+    return list(dict.fromkeys(usable[:1] + spilling + usable[1:]))
 
 
 def time_kernel(kernel, tiles, q, n, c, dtype):
