@@ -46,3 +46,26 @@ def test_bench_suite_fast_mode_and_report(tmp_path):
     except ImportError:
         return
     assert len(list(out.glob("*.png"))) == 1
+
+
+def test_tile_tuning_candidates_come_from_the_committed_sweeps(monkeypatch):
+    """bench/tune_triton_tiles.py runs only on a GPU: its candidate lists, read from the
+    committed resource sweeps, are checked here."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import tune_triton_tiles
+    from memae_fused import triton_memory
+
+    gpu = torch.device("cuda")
+    for kernel in tune_triton_tiles.KERNELS:
+        pick = triton_memory.tile_config(kernel, 256, torch.bfloat16, gpu)
+        shapes = tune_triton_tiles.candidates(kernel, "bfloat16", 256, pick)
+        assert shapes[0] == pick and len(shapes) == len(set(shapes)) > 2, (kernel, shapes)
+        areas = [t.block_q * t.block_n for t in shapes[2:]]
+        assert areas == sorted(areas, reverse=True), (kernel, shapes)
+    # The C = 256 backward has no spill-free wgmma tile: a spilling one is timed second.
+    shapes = tune_triton_tiles.candidates("backward_query", "bfloat16", 256,
+                                          triton_memory.tile_config("backward_query", 256,
+                                                                    torch.bfloat16, gpu))
+    assert shapes[1] == (64, 16, 8, 2), shapes
