@@ -19,8 +19,10 @@
 # GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all), GPU_CHECK_BENCH_ARGS (more
 # pytest arguments for the benchmarks, e.g. "-k bfloat16"), GPU_CHECK_TEST_WORKERS (8: pytest-xdist
 # workers for the tests, when pytest-xdist is installed),
-# GPU_CHECK_SKIP_BUILD=1 (use the extension as built), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry
-# run of this script in bench fast mode, for checking the script itself).
+# GPU_CHECK_SKIP_BUILD=1 (use the extension as built; without it, one that
+# bench/device_rehearsal.sh built and the call carried in build/device/ is used when its stamp
+# matches), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry run of this script in bench fast mode, for
+# checking the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,29 @@ run_step() {
   rc=$?
   STATUS+=("$(printf '%-8s %-4s %4ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
   return $rc
+}
+
+# The extension bench/device_rehearsal.sh built for this torch from these sources, if it was
+# carried here (build/device/) and loads with its CUDA kernels; else the build step runs.
+use_prebuilt() {
+  local stamp
+  [ -f build/device/_C.abi3.so ] && [ -f build/device/_C.stamp ] || return 1
+  stamp=$(TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" "$PY" bench/extension_stamp.py)
+  if [ "$stamp" != "$(cat build/device/_C.stamp)" ]; then
+    echo "gpu_check: build/device/_C.abi3.so was built from other sources or another torch"
+    return 1
+  fi
+  rm -f memae_fused/_C*.so
+  cp build/device/_C.abi3.so memae_fused/_C.abi3.so
+  if "$PY" -c "import torch, memae_fused._C; assert torch._C._dispatch_has_kernel_for_dispatch_key(
+      'memae_fused::memory_read_fwd', 'CUDA')"; then
+    echo "gpu_check: using the prebuilt extension (build/device/, stamp $stamp)"
+    STATUS+=("build    prebuilt")
+    return 0
+  fi
+  echo "gpu_check: the prebuilt extension does not load here; building"
+  rm -f memae_fused/_C.abi3.so
+  return 1
 }
 
 main() {
@@ -79,7 +104,7 @@ EOF
     bench_args+=(--bench-fast)
   fi
 
-  if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
+  if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ] && ! use_prebuilt; then
     run_step build env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
       MEMAE_FUSED_CUDA="${MEMAE_FUSED_CUDA:-$has_gpu}" MAX_JOBS="${MAX_JOBS:-16}" \
       timeout 300 "$PY" setup.py build_ext --inplace
