@@ -28,6 +28,7 @@ sums combined with a few O((Q+N)·C) torch ops.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -441,15 +442,19 @@ def _num_sms(device: torch.device) -> int:
 
 
 def plan_splits(num_blocks: int, length: int, block: int, device: torch.device) -> int:
-    """How many ways to split a sweep of `length` so num_blocks·splits fills the device: a
-    program per SM, since the picked tiles take most of an SM's registers (one resident
-    program each, 200-255 registers x 256 threads); more splits would only add partial sums
-    to combine."""
-    target = _num_sms(device)
-    if num_blocks >= target:
+    """How many ways to split a sweep of `length` (tiles of `block`) across a second grid
+    axis when num_blocks programs would leave SMs idle. The picked tiles take most of an SM's
+    registers (200-255 x 256 threads), so one program runs per SM and programs run in waves
+    of num_sms: the split taking the fewest waves per unit of work wins, the fewest splits on
+    a tie (64 blocks on 132 SMs: 2 splits, one wave, rather than 3, two waves). With a
+    program for every SM nothing is split: splits only add partial sums to combine."""
+    sms = _num_sms(device)
+    if num_blocks >= sms:
         return 1
-    most = triton.cdiv(length, block)
-    return max(1, min(most, triton.cdiv(target, num_blocks)))
+    most = min(triton.cdiv(length, block), 2 * triton.cdiv(sms, num_blocks))
+    return min(range(1, most + 1),
+               key=lambda splits: (Fraction(triton.cdiv(num_blocks * splits, sms), splits),
+                                   splits))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

@@ -91,6 +91,20 @@ def test_split_paths_match_reference(monkeypatch, similarity, shrink_factor):
     assert_matches(want, got, **TOL[torch.float64])
 
 
+def test_split_plan_fills_the_sms_in_fewest_waves(monkeypatch):
+    # On an H100/H200 (132 SMs, one program per SM at the picked tiles) programs run in waves
+    # of 132; the plan takes the split with the fewest waves per unit of work.
+    monkeypatch.setattr(triton_memory, "_num_sms", lambda device: 132)
+    gpu = torch.device("cuda")
+    plan = triton_memory.plan_splits
+    assert plan(256, 2000, 32, gpu) == 1  # a program for every SM already
+    assert plan(64, 100000, 32, gpu) == 2  # 128 programs, one wave (3 splits: two waves)
+    assert plan(1, 20000, 32, gpu) == 132
+    assert plan(1, 40, 32, gpu) == 2  # no more splits than tiles
+    assert plan(5, 10**6, 32, gpu) == 26  # 130 programs
+    assert plan(100, 5000, 32, gpu) == 1  # 2 to 8 splits: no fewer waves per unit of work
+
+
 def test_wide_channels():
     want, got, eager = run_both(9, 40, 512, similarity="cosine", shrink_factor=2.0,
                                 dtype=torch.float32)
