@@ -6,8 +6,11 @@
 #
 #   bench/device_rehearsal.sh          (about 4 min with the venv in place; 3 min more for it)
 #
-# then, on the device:  run(command="bash bench/gpu_check.sh",
-#                           carry=["build/device/_C.abi3.so", "build/device/_C.stamp"])
+# then, on the device, two calls (gpu_check.sh's header says why), the second sent as soon as
+# the first returns, while the machine is still warm:
+#   run(command="bash bench/gpu_check.sh 1", timeout_s=480,
+#       carry=["build/device/_C.abi3.so", "build/device/_C.stamp"])
+#   run(command="bash bench/gpu_check.sh 2", timeout_s=360, carry=<the same>)
 #
 # The tree it tests is a copy of the working tree as the device tool sends it (tracked and
 # untracked-not-ignored files). Environment: PYTHON312 (python3.12), VENV (.venv-device).

@@ -1,34 +1,63 @@
 #!/usr/bin/env bash
-# Build, test and benchmark everything GPU-related in one call, then print a short table.
+# Build, test and benchmark everything GPU-related, then print a short table.
 #
-#   bench/gpu_check.sh            (from anywhere in the repo; uses the python3 on PATH)
+#   bench/gpu_check.sh [all|1|2]      (from anywhere in the repo; uses the python3 on PATH)
+#
+# The device tool lends 15 minutes a session, each machine start (a minute or more) included,
+# and one command runs 10 minutes at most, so the work comes in two parts:
+#   1  (7 min): the GPU tests, the performance shapes in bfloat16, the capacity check;
+#   2  (5 min): the performance shapes in float32, the sweep over N, then the tile timing
+#               in whatever time is left.
+# Part 1 holds what the issues judge first. Sent right after part 1 (within the 30 s the
+# machine stays warm), part 2 needs no second start; where part 1 shows a failure, fix it
+# first and have part 2 run the failing tests again (GPU_CHECK_STEPS="tests perf sweep").
+# "all" runs every step in one go (15 min: more than one device call allows), for a machine
+# of your own. The report merges the parts: bench/report.py P1/bench-perf.json
+# P2/bench-perf.json P2/bench-sweep.json --capacity P1/capacity.json --tune P2/tune.json.
 #
 # Writes to $OUT (default .benchmarks/gpu_check-<time>, ignored by git): gpu_check.log (all
-# output), bench-sweep.json and bench-perf.json (pytest-benchmark), tune.json (tile shapes
+# output), bench-perf.json and bench-sweep.json (pytest-benchmark), tune.json (tile shapes
 # timed), capacity.json, and the report <date>-<HHMM>-cuda-<gpu>.md/.png/.json, which is what
-# goes to bench/results/ (8 files: as many as the device tool brings back).
-# Finishes in about GPU_CHECK_SECONDS (default 500; at worst about 100 s more): the build and
-# the tests have hard time limits, the benchmarks get what they leave and skip the cases they
-# have no time for (listed as skipped in the log).
+# goes to bench/results/ (at most 8 files: as many as the device tool brings back).
+# Each part ends within about GPU_CHECK_SECONDS: every step has a hard time limit; the
+# benchmarks share what the tests leave and skip the cases they have no time for (listed as
+# skipped in the log).
 #
-# Last, bench/capacity.py runs the largest problem, (65536, 100000, 256) bf16 forward +
-# backward, with each fused backend (GPU_CHECK_CAPACITY_SECONDS, default 90; 0 skips it).
+# Steps, in this order: build (or the prebuilt extension), backends, tests, perf (the
+# performance shapes, dtype per part), capacity (bench/capacity.py: (65536, 100000, 256) bf16
+# forward + backward with each fused backend), sweep (for the plot), tune
+# (bench/tune_triton_tiles.py: the Triton tile picks against the other spill-free
+# candidates), report.
 #
-# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (500), GPU_CHECK_TUNE_SECONDS (60: the
-# tile-shape timing, within the total; 0 skips it), TORCH_CUDA_ARCH_LIST (9.0),
-# GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all), GPU_CHECK_BENCH_ARGS (more
-# pytest arguments for the benchmarks, e.g. "-k bfloat16"), GPU_CHECK_TEST_WORKERS (8: pytest-xdist
-# workers for the tests, when pytest-xdist is installed),
-# GPU_CHECK_SKIP_BUILD=1 (use the extension as built; without it, one that
-# bench/device_rehearsal.sh built and the call carried in build/device/ is used when its stamp
-# matches), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry run of this script in bench fast mode, for
-# checking the script itself).
+# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 300, all: 900),
+# GPU_CHECK_STEPS (the steps to run, e.g. "tests perf"; default: the part's),
+# GPU_CHECK_PERF_DTYPES (the part's: bfloat16, float32; all: both), GPU_CHECK_TEST_SECONDS
+# (170), GPU_CHECK_CAPACITY_SECONDS (90), GPU_CHECK_TUNE_SECONDS (60), TORCH_CUDA_ARCH_LIST
+# (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
+# GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks), GPU_CHECK_TEST_WORKERS (8:
+# pytest-xdist workers for the tests, when pytest-xdist is installed), GPU_CHECK_SKIP_BUILD=1
+# (use the extension as built; without it, one that bench/device_rehearsal.sh built and the
+# call carried in build/device/ is used when its stamp matches), GPU_CHECK_ALLOW_CPU=1 (no
+# GPU: a dry run of this script in bench fast mode, for checking the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+PART=${1:-all}
+case "$PART" in
+  1) DEFAULT_STEPS="tests perf capacity" DEFAULT_TOTAL=420 DEFAULT_DTYPES="bfloat16" ;;
+  2) DEFAULT_STEPS="perf sweep tune" DEFAULT_TOTAL=300 DEFAULT_DTYPES="float32" ;;
+  all) DEFAULT_STEPS="tests perf capacity sweep tune" DEFAULT_TOTAL=900
+       DEFAULT_DTYPES="bfloat16 float32" ;;
+  *) echo "usage: bench/gpu_check.sh [all|1|2]" >&2; exit 2 ;;
+esac
+STEPS=" ${GPU_CHECK_STEPS:-$DEFAULT_STEPS} "
+TOTAL_S=${GPU_CHECK_SECONDS:-$DEFAULT_TOTAL}
+PERF_DTYPES=${GPU_CHECK_PERF_DTYPES-$DEFAULT_DTYPES}
+CAPACITY_S=${GPU_CHECK_CAPACITY_SECONDS:-90}
+TUNE_S=${GPU_CHECK_TUNE_SECONDS:-60}
+REPORT_RESERVE_S=15
 PY=${PYTHON:-python3}
 OUT=${OUT:-.benchmarks/gpu_check-$(date -u +%Y%m%dT%H%M%S)}
-TOTAL_S=${GPU_CHECK_SECONDS:-500}
 TEST_FILTER=${GPU_CHECK_TESTS-(triton or cuda or cpp or build or backend) and not (resources or emulated)}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -37,6 +66,7 @@ START=$(date +%s)
 STATUS=()
 
 elapsed() { echo $(( $(date +%s) - START )); }
+wants() { [[ "$STEPS" == *" $1 "* ]]; }
 
 # run_step NAME CMD...: run, log, and record the exit status and duration.
 run_step() {
@@ -49,6 +79,22 @@ run_step() {
   rc=$?
   STATUS+=("$(printf '%-8s %-4s %4ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
   return $rc
+}
+
+# Seconds for the benchmark step NAME: the part's time less what has gone, the report's
+# reserve and the fixed times of the steps still to come (the tile timing's only in "all":
+# in part 2 it takes what the benchmarks leave); perf takes two thirds of what remains when
+# the sweep follows. Never less than MIN.
+bench_share() {
+  local name=$1 min=$2 left tune_reserve=0
+  left=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S ))
+  [ "$PART" = all ] && wants tune && tune_reserve=$(( TUNE_S + 30 ))
+  left=$(( left - tune_reserve ))
+  if [ "$name" = perf ]; then
+    wants capacity && left=$(( left - CAPACITY_S ))
+    wants sweep && left=$(( left * 2 / 3 ))
+  fi
+  echo $(( left < min ? min : left ))
 }
 
 # The extension bench/device_rehearsal.sh built for this torch from these sources, if it was
@@ -76,12 +122,12 @@ use_prebuilt() {
 
 main() {
   local bench_args=() has_gpu
-  echo "gpu_check: $(date -u +%FT%TZ) in $PWD, output in $OUT"
+  echo "gpu_check: part $PART, steps:$STEPS, ${TOTAL_S} s; $(date -u +%FT%TZ) in $PWD, output in $OUT"
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
   fi
   command -v nvcc >/dev/null && nvcc --version | tail -n 2
-  "$PY" - <<'EOF'
+  "$PY" - <<'PYEOF'
 import sys, torch
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
       "| GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
@@ -93,15 +139,17 @@ try:
     import pytest_benchmark; print("pytest-benchmark", pytest_benchmark.__version__)
 except ImportError:
     print("pytest-benchmark: NOT INSTALLED (benchmarks will fail)")
-EOF
+PYEOF
   has_gpu=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
   if [ "$has_gpu" != 1 ]; then
     if [ "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
       echo "gpu_check: torch sees no GPU; set GPU_CHECK_ALLOW_CPU=1 for a CPU dry run" >&2
       return 2
     fi
+    # Fast mode has float32 shapes only on the CPU.
     echo "gpu_check: no GPU: dry run on the CPU, benchmarks in fast mode"
     bench_args+=(--bench-fast)
+    PERF_DTYPES=""
   fi
 
   if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ] && ! use_prebuilt; then
@@ -119,55 +167,72 @@ for name in backends.BACKENDS:
     if reason: print(' ', name, 'unavailable:', reason)
 "
 
-  local test_k=()
-  [ -n "$TEST_FILTER" ] && test_k=(-k "$TEST_FILTER")
-  # Each new tile shape, dtype and flag set is a Triton compile (a second or more each, a few
-  # hundred in all): pytest-xdist, where installed, spreads them over the CPUs.
-  if "$PY" -c "import xdist" 2>/dev/null; then
-    test_k+=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
+  if wants tests; then
+    local test_k=()
+    [ -n "$TEST_FILTER" ] && test_k=(-k "$TEST_FILTER")
+    # Each new tile shape, dtype and flag set is a Triton compile (a second or more each, a
+    # few hundred in all): pytest-xdist, where installed, spreads them over the CPUs.
+    if "$PY" -c "import xdist" 2>/dev/null; then
+      test_k+=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
+    fi
+    # No -x: one call must show every failure there is (the time limit bounds a broken run).
+    run_step tests timeout "${GPU_CHECK_TEST_SECONDS:-170}" "$PY" -m pytest tests -q \
+      --maxfail=25 -p no:cacheprovider --continue-on-collection-errors "${test_k[@]}"
   fi
-  # No -x: one call must show every failure there is (the time limit bounds a broken run).
-  run_step tests timeout 200 "$PY" -m pytest tests -q --maxfail=25 -p no:cacheprovider \
-    --continue-on-collection-errors "${test_k[@]}"
+
+  local extra=() share
+  read -r -a extra <<< "${GPU_CHECK_BENCH_ARGS:-}"
+  bench_args+=("${extra[@]}")
+  # A benchmark step's cases start within its budget; the one in flight at the end (a
+  # torch.compile takes 20 s or more) has the last 45 s, then SIGINT stops pytest, which
+  # still writes its JSON.
+  if wants perf; then
+    local perf_k=() dtype_expr=""
+    for d in $PERF_DTYPES; do dtype_expr+="${dtype_expr:+ or }$d-"; done
+    [ -n "$dtype_expr" ] && perf_k=(-k "$dtype_expr")
+    share=$(bench_share perf 90)
+    run_step perf timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_perf \
+      -q -p no:cacheprovider "${bench_args[@]}" "${perf_k[@]}" --bench-budget $(( share - 45 )) \
+      --benchmark-json "$OUT/bench-perf.json" --benchmark-columns=median,iqr,rounds
+  fi
+
+  if wants capacity && [ "$CAPACITY_S" -gt 0 ]; then
+    local capacity_args=()
+    [ "$has_gpu" != 1 ] && capacity_args+=(--allow-cpu)
+    run_step capacity timeout -s INT "$CAPACITY_S" "$PY" bench/capacity.py \
+      "${capacity_args[@]}" --json "$OUT/capacity.json"
+  fi
+
+  if wants sweep; then
+    share=$(bench_share sweep 75)
+    run_step sweep timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_sweep \
+      -q -p no:cacheprovider "${bench_args[@]}" --bench-budget $(( share - 45 )) \
+      --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
+  fi
 
   # Tile shapes: the committed picks against the other spill-free candidates, bf16 at the
   # first performance shape, each kernel on its own (bench/tune_triton_tiles.py).
-  local tune_s=${GPU_CHECK_TUNE_SECONDS:-60}
-  if [ "$has_gpu" = 1 ] && [ "$tune_s" -gt 0 ]; then
-    run_step tune timeout -s INT $(( tune_s + 60 )) "$PY" bench/tune_triton_tiles.py --quick \
-      --shapes 16384,2000,256 --budget "$tune_s" --out "$OUT/tune.json"
+  if wants tune && [ "$has_gpu" = 1 ] && [ "$TUNE_S" -gt 0 ]; then
+    share=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S ))
+    if [ "$share" -lt 40 ]; then
+      echo "gpu_check: tune skipped, ${share} s left"
+    else
+      share=$(( share - 30 < TUNE_S ? share - 30 : TUNE_S ))
+      run_step tune timeout -s INT $(( share + 30 )) "$PY" bench/tune_triton_tiles.py --quick \
+        --shapes 16384,2000,256 --budget "$share" --out "$OUT/tune.json"
+    fi
   fi
 
-  # Benchmarks: the sweep (for the plot) gets a third of the time left, the shapes the rest.
-  # A case started within its budget may overrun it (a compile takes ~20 s): hence the reserve.
-  local left sweep_s perf_s
-  local extra=()
-  read -r -a extra <<< "${GPU_CHECK_BENCH_ARGS:-}"
-  bench_args+=("${extra[@]}")
-  # The capacity check runs last, in the time set aside for it here.
-  local capacity_s=${GPU_CHECK_CAPACITY_SECONDS:-90}
-  left=$(( TOTAL_S - $(elapsed) - 60 - capacity_s ))
-  [ $left -lt 60 ] && left=60
-  sweep_s=$(( left / 3 ))
-  run_step sweep timeout -s INT $(( sweep_s + 45 )) "$PY" -m pytest bench/test_memory_read.py::test_sweep \
-    -q -p no:cacheprovider "${bench_args[@]}" --bench-budget "$sweep_s" \
-    --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
-  left=$(( TOTAL_S - $(elapsed) - 45 - capacity_s ))
-  perf_s=$(( left < 40 ? 40 : left ))
-  run_step perf timeout -s INT $(( perf_s + 45 )) "$PY" -m pytest bench/test_memory_read.py::test_perf \
-    -q -p no:cacheprovider "${bench_args[@]}" --bench-budget "$perf_s" \
-    --benchmark-json "$OUT/bench-perf.json" --benchmark-columns=median,iqr,rounds
-
-  local capacity_args=()
-  [ "$has_gpu" != 1 ] && capacity_args+=(--allow-cpu)
-  [ "$capacity_s" -gt 0 ] && run_step capacity timeout -s INT "$capacity_s" "$PY" bench/capacity.py \
-    "${capacity_args[@]}" --json "$OUT/capacity.json"
-
+  local runs=()
+  for f in "$OUT/bench-perf.json" "$OUT/bench-sweep.json"; do [ -s "$f" ] && runs+=("$f"); done
+  [ -s "$OUT/capacity.json" ] && runs+=(--capacity "$OUT/capacity.json")
+  [ -s "$OUT/tune.json" ] && runs+=(--tune "$OUT/tune.json")
+  if [ -s "$OUT/bench-perf.json" ] || [ -s "$OUT/bench-sweep.json" ]; then
+    echo
+    run_step report "$PY" bench/report.py "${runs[@]}" --out-dir "$OUT" --summary
+  fi
   echo
-  run_step report "$PY" bench/report.py "$OUT/bench-sweep.json" "$OUT/bench-perf.json" \
-    --out-dir "$OUT" --summary
-  echo
-  echo "=== gpu_check steps (total $(elapsed)s):"
+  echo "=== gpu_check part $PART steps (total $(elapsed)s):"
   printf '  %s\n' "${STATUS[@]}"
   echo "files in $OUT:"
   ls -1 "$OUT" | sed 's/^/  /'

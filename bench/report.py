@@ -1,11 +1,13 @@
 """Turn pytest-benchmark JSON from bench/ into a markdown report and a plot against N.
 
   python bench/report.py RUN.json [MORE.json ...] --out-dir bench/results [--summary]
+                        [--capacity capacity.json] [--tune tune.json]
 
 writes <stem>.md (tables of ratios), <stem>.png (time and peak memory against N from the
 sweep; needs matplotlib) and <stem>.json (the input runs merged), where <stem> is
 <date>-<HHMM UTC>-<device>-<device name>. --md/--png/--json name the files explicitly instead;
---summary prints a short table; --stem prints the stem only.
+--summary prints a short table; --stem prints the stem only; --capacity and --tune add the
+tables of bench/capacity.py and bench/tune_triton_tiles.py from their JSON.
 
 Ratios are of median times. "x eager" and "x compile": the case's speed-up over the eager
 reference and over its torch.compile. "of SDPA": SDPA's time over the case's (1.0 = as fast as
@@ -228,7 +230,34 @@ def sweep_markdown(benchmarks):
     return out
 
 
-def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name):
+def capacity_markdown(path):
+    """The table bench/capacity.py wrote into its JSON."""
+    with open(path) as fh:
+        return ["## Capacity", "", json.load(fh)["table"], ""]
+
+
+def tune_markdown(path):
+    """bench/tune_triton_tiles.py's timings: each kernel's tile shapes, fastest first."""
+    with open(path) as fh:
+        tune = json.load(fh)
+    lines = ["## Triton tile shapes timed", "",
+             f"bench/tune_triton_tiles.py on {tune.get('device')}, torch {tune.get('torch')}, "
+             f"Triton {tune.get('triton')}; tiles = (BLOCK_Q, BLOCK_N, warps, stages), "
+             "* = tile_config's pick when timed.", "",
+             "| kernel | Q × N × C | dtype | tiles | ms | × fastest |", "|---|---|---|---|---:|---:|"]
+    groups = OrderedDict()
+    for row in tune["rows"]:
+        groups.setdefault((row["kernel"], row["q"], row["n"], row["c"], row["dtype"]), []).append(row)
+    for (kernel, q, n, c, dtype), rows in groups.items():
+        fastest = min(r["ms"] for r in rows)
+        for r in sorted(rows, key=lambda r: r["ms"]):
+            tiles = "(" + ", ".join(map(str, r["tiles"])) + ")" + (" *" if r["default"] else "")
+            lines.append(f"| {kernel} | {q} × {n} × {c} | {dtype.replace('torch.', '')} | "
+                         f"{tiles} | {r['ms']:.3f} | {r['ms'] / fastest:.2f} |")
+    return lines + [""]
+
+
+def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name, appendix=()):
     lines = ["# memae-fused benchmarks", ""] + machine_lines(machine_info, commit_info, when) + [""]
     lines += [
         "Median of the timed rounds (host clock, synchronised). Modes: forward (inputs require "
@@ -246,6 +275,7 @@ def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name):
         if png_name:
             lines += [f"![time and peak memory against N]({png_name})", ""]
         lines += sweep
+    lines += list(appendix)
     with open(path, "w") as fh:
         fh.write("\n".join(lines).rstrip() + "\n")
 
@@ -315,6 +345,8 @@ def main(argv=None):
     ap.add_argument("--md")
     ap.add_argument("--png")
     ap.add_argument("--json-out", dest="json_out")
+    ap.add_argument("--capacity", help="bench/capacity.py's JSON: its table goes in the report")
+    ap.add_argument("--tune", help="bench/tune_triton_tiles.py's JSON: its timings go in the report")
     ap.add_argument("--summary", action="store_true", help="print a short table")
     ap.add_argument("--stem", action="store_true", help="print the file stem and exit")
     args = ap.parse_args(argv)
@@ -340,7 +372,12 @@ def main(argv=None):
     png_written = bool(png) and write_plot(png, benchmarks)
     if md:
         png_name = os.path.relpath(png, os.path.dirname(os.path.abspath(md))) if png_written else None
-        write_markdown(md, machine_info, commit_info, when, benchmarks, png_name)
+        appendix = []
+        if args.capacity:
+            appendix += capacity_markdown(args.capacity)
+        if args.tune:
+            appendix += tune_markdown(args.tune)
+        write_markdown(md, machine_info, commit_info, when, benchmarks, png_name, appendix)
     for path in (md, png if png_written else None, merged):
         if path:
             print(f"report: wrote {path}")

@@ -32,14 +32,31 @@ def test_bench_suite_fast_mode_and_report(tmp_path):
         assert b["extra_info"]["model_flops"] > 0
         assert "peak_mem_bytes" in b["extra_info"]
 
+    # gpu_check's other two tables: capacity.py's own (its CPU check of the script) and the
+    # tile timings in the form tune_triton_tiles.py writes them (it needs a GPU).
+    capacity_json = tmp_path / "capacity.json"
+    capacity = subprocess.run(
+        [sys.executable, "bench/capacity.py", "--allow-cpu", "--json", str(capacity_json)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert capacity.returncode == 0, capacity.stdout + capacity.stderr
+    tune_json = tmp_path / "tune.json"
+    tune_json.write_text(json.dumps({"device": "test", "torch": "t", "triton": "t", "rows": [
+        dict(kernel="forward", q=16, n=32, c=8, dtype="torch.bfloat16", tiles=tiles, ms=ms,
+             default=default)
+        for tiles, ms, default in [([64, 32, 8, 2], 0.5, True), ([32, 64, 8, 2], 0.4, False)]]}))
+
     out = tmp_path / "report"
     report = subprocess.run(
-        [sys.executable, "bench/report.py", str(run_json), "--out-dir", str(out), "--summary"],
+        [sys.executable, "bench/report.py", str(run_json), "--out-dir", str(out), "--summary",
+         "--capacity", str(capacity_json), "--tune", str(tune_json)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stdout + report.stderr
     (md,) = out.glob("*.md")
     text = md.read_text()
     assert "| forward | eager python_ref |" in text and "Scaling with N" in text
+    assert "## Capacity" in text and "| cpp |" in text
+    assert "| forward | 16 × 32 × 8 | bfloat16 | (32, 64, 8, 2) | 0.400 | 1.00 |" in text
+    assert "| forward | 16 × 32 × 8 | bfloat16 | (64, 32, 8, 2) * | 0.500 | 1.25 |" in text
     assert "median ms" in report.stdout
     try:
         import matplotlib  # noqa: F401
