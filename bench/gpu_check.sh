@@ -23,8 +23,9 @@
 # benchmarks share what the tests leave and skip the cases they have no time for (listed as
 # skipped in the log).
 #
-# Steps, in this order: build (or the prebuilt extension), backends, tests, perf (the
-# performance shapes, dtype per part), capacity (bench/capacity.py: (65536, 100000, 256) bf16
+# Steps, in this order: build (or the prebuilt extension), backends, tests, probe (each fused
+# backend alone, bench/probe_backend.py: one that faults is left out of the benchmarks, which
+# it would otherwise take down), perf (the performance shapes, dtype per part), capacity (bench/capacity.py: (65536, 100000, 256) bf16
 # forward + backward with each fused backend), sweep (for the plot), tune
 # (bench/tune_triton_tiles.py: the Triton tile picks against the other spill-free
 # candidates), report.
@@ -77,7 +78,7 @@ run_step() {
   echo "=== [$(elapsed)s] $name: $*"
   "$@"
   rc=$?
-  STATUS+=("$(printf '%-8s %-4s %4ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
+  STATUS+=("$(printf '%-12s %-4s %4ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
   return $rc
 }
 
@@ -112,7 +113,7 @@ use_prebuilt() {
   if "$PY" -c "import torch, memae_fused._C; assert torch._C._dispatch_has_kernel_for_dispatch_key(
       'memae_fused::memory_read_fwd', 'CUDA')"; then
     echo "gpu_check: using the prebuilt extension (build/device/, stamp $stamp)"
-    STATUS+=("build    prebuilt")
+    STATUS+=("build        prebuilt")
     return 0
   fi
   echo "gpu_check: the prebuilt extension does not load here; building"
@@ -180,16 +181,38 @@ for name in backends.BACKENDS:
       --maxfail=25 -p no:cacheprovider --continue-on-collection-errors "${test_k[@]}"
   fi
 
-  local extra=() share
+  local extra=() share backend probed=() failed=() not_failed=""
   read -r -a extra <<< "${GPU_CHECK_BENCH_ARGS:-}"
   bench_args+=("${extra[@]}")
+  # Each fused backend once in a process of its own (bench/probe_backend.py): one that faults
+  # stays out of the benchmark runs, where its fault would fail every later case.
+  if wants perf || wants capacity || wants sweep; then
+    local probe_args=() device=cuda available
+    [ "$has_gpu" != 1 ] && device=cpu probe_args=(--device cpu --dtype float32 --q 256 --n 512)
+    available=" $("$PY" -c "import torch, memae_fused
+print(*memae_fused.available_backends(torch.device('$device')))") "
+    for backend in triton cuda cpp; do
+      [[ "$available" == *" $backend "* ]] || continue
+      [ "$device" = cuda ] && [ "$backend" = cpp ] && continue
+      if run_step "probe-$backend" timeout 120 "$PY" bench/probe_backend.py "$backend" \
+          "${probe_args[@]}"; then
+        probed+=("$backend")
+      else
+        failed+=("$backend")
+        not_failed+="${not_failed:+ or }$backend"
+      fi
+    done
+    [ ${#failed[@]} -gt 0 ] && echo "gpu_check: left out of the benchmarks: ${failed[*]}"
+  fi
   # A benchmark step's cases start within its budget; the one in flight at the end (a
   # torch.compile takes 20 s or more) has the last 45 s, then SIGINT stops pytest, which
   # still writes its JSON.
   if wants perf; then
-    local perf_k=() dtype_expr=""
+    local perf_k=() dtype_expr="" expr=""
     for d in $PERF_DTYPES; do dtype_expr+="${dtype_expr:+ or }$d-"; done
-    [ -n "$dtype_expr" ] && perf_k=(-k "$dtype_expr")
+    [ -n "$dtype_expr" ] && expr="($dtype_expr)"
+    [ -n "$not_failed" ] && expr+="${expr:+ and }not ($not_failed)"
+    [ -n "$expr" ] && perf_k=(-k "$expr")
     share=$(bench_share perf 90)
     run_step perf timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_perf \
       -q -p no:cacheprovider "${bench_args[@]}" "${perf_k[@]}" --bench-budget $(( share - 45 )) \
@@ -199,14 +222,17 @@ for name in backends.BACKENDS:
   if wants capacity && [ "$CAPACITY_S" -gt 0 ]; then
     local capacity_args=()
     [ "$has_gpu" != 1 ] && capacity_args+=(--allow-cpu)
+    [ "$has_gpu" = 1 ] && capacity_args+=(--backends "$(IFS=,; echo "${probed[*]}")")
     run_step capacity timeout -s INT "$CAPACITY_S" "$PY" bench/capacity.py \
       "${capacity_args[@]}" --json "$OUT/capacity.json"
   fi
 
   if wants sweep; then
     share=$(bench_share sweep 75)
+    local sweep_k=()
+    [ -n "$not_failed" ] && sweep_k=(-k "not ($not_failed)")
     run_step sweep timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_sweep \
-      -q -p no:cacheprovider "${bench_args[@]}" --bench-budget $(( share - 45 )) \
+      -q -p no:cacheprovider "${bench_args[@]}" "${sweep_k[@]}" --bench-budget $(( share - 45 )) \
       --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
   fi
 
