@@ -9,6 +9,10 @@ sweep; needs matplotlib) and <stem>.json (the input runs merged), where <stem> i
 --summary prints a short table; --stem prints the stem only; --capacity and --tune add the
 tables of bench/capacity.py and bench/tune_triton_tiles.py from their JSON.
 
+The report opens with the issues' performance targets (TARGETS below: speed-ups over eager
+and torch.compile, the forward against SDPA, cuda against triton, the CPU kernel's speed and
+memory, the capacity check) judged on the run's medians, then the tables.
+
 Ratios are of median times. "x eager" and "x compile": the case's speed-up over the eager
 reference and over its torch.compile. "of SDPA": SDPA's time over the case's (1.0 = as fast as
 the attention ceiling). TFLOP/s count the same model FLOPs for every case (forward 2, backward
@@ -230,10 +234,133 @@ def sweep_markdown(benchmarks):
     return out
 
 
-def capacity_markdown(path):
+# The issues' targets, checked against a run. Each: (issue, target, device, shapes it applies
+# to, function (modes of one shape) -> (measured text, met) or None where the cases are missing).
+CPU_SPEED_SHAPES = {(4096, 2000, 256), (1024, 20000, 256)}
+CPU_MEMORY_SHAPE = (2048, 50000, 256)
+
+
+def _median(modes, mode, case):
+    b = modes.get(mode, {}).get(case)
+    return None if b is None else b["stats"]["median"]
+
+
+def _speedup_at_least(case, other, mode, factor):
+    def check(modes):
+        mine, theirs = _median(modes, mode, case), _median(modes, mode, other)
+        if mine is None or theirs is None:
+            return None
+        return f"{theirs / mine:.2f}x", theirs / mine >= factor
+    return check
+
+
+def _time_within(case, other, mode, factor):
+    def check(modes):
+        mine, theirs = _median(modes, mode, case), _median(modes, mode, other)
+        if mine is None or theirs is None:
+            return None
+        return f"{mine / theirs:.2f}x its time", mine <= factor * theirs
+    return check
+
+
+def _never_slower(case, mode, others):
+    def check(modes):
+        mine = _median(modes, mode, case)
+        theirs = [(o, _median(modes, mode, o)) for o in others]
+        if mine is None or any(t is None for _, t in theirs):
+            return None
+        return (", ".join(f"{t / mine:.2f}x {o}" for o, t in theirs),
+                all(mine <= t for _, t in theirs))
+    return check
+
+
+def _memory_lower(case, other, mode, factor):
+    def check(modes):
+        mine = modes.get(mode, {}).get(case)
+        theirs = modes.get(mode, {}).get(other)
+        if mine is None or theirs is None:
+            return None
+        a, b = mine["extra_info"].get("peak_mem_bytes"), theirs["extra_info"].get("peak_mem_bytes")
+        if not a or not b:
+            return None
+        return f"{b / a:.1f}x lower", b / a >= factor
+    return check
+
+
+TARGETS = [
+    ("3", "triton fwd+bwd >= 3x eager (N >= 10000)", "cuda", lambda q, n, c: n >= 10000,
+     _speedup_at_least("triton", "eager", "full", 3.0)),
+    ("3", "triton fwd+bwd >= 2x torch.compile (N >= 10000)", "cuda", lambda q, n, c: n >= 10000,
+     _speedup_at_least("triton", "compile", "full", 2.0)),
+    ("3", "triton fwd+bwd never slower than eager or torch.compile", "cuda", lambda q, n, c: True,
+     _never_slower("triton", "full", ("eager", "compile"))),
+    ("3", "triton forward within 2x of SDPA (bf16)", "cuda", lambda q, n, c: True,
+     _time_within("triton", "sdpa", "forward", 2.0)),
+    ("4", "cuda fwd+bwd within 1.5x of triton", "cuda", lambda q, n, c: True,
+     _time_within("cuda", "triton", "full", 1.5)),
+    ("4", "cuda fwd+bwd faster than torch.compile", "cuda", lambda q, n, c: True,
+     _speedup_at_least("cuda", "compile", "full", 1.0)),
+    ("4", "cpp fwd+bwd >= 1.5x eager", "cpu", lambda q, n, c: (q, n, c) in CPU_SPEED_SHAPES,
+     _speedup_at_least("cpp", "eager", "full", 1.5)),
+    ("4", "cpp fwd+bwd peak memory >= 10x lower than eager", "cpu",
+     lambda q, n, c: (q, n, c) == CPU_MEMORY_SHAPE, _memory_lower("cpp", "eager", "full", 10.0)),
+]
+
+
+def target_rows(benchmarks):
+    """(issue, target, shape, measured, met) for every target a run's cases can judge."""
+    rows = []
+    for issue, target, device, applies, check in TARGETS:
+        for (dev, dtype, q, n, c), modes in index(benchmarks, sweep=False).items():
+            if dev != device or not applies(q, n, c):
+                continue
+            if "SDPA" in target and dtype != "bfloat16":
+                continue
+            result = check(modes)
+            if result is not None:
+                rows.append((issue, target, f"{dtype} {q}x{n}x{c}", *result))
+    return rows
+
+
+def capacity_target_rows(capacity):
+    """Issue 3's memory target from bench/capacity.py's results: each fused backend runs the
+    largest problem (finite outputs) on a device where eager python_ref's peak does not fit."""
+    if capacity.get("device_memory_bytes") is None:
+        return []  # the CPU check of the script
+    eager = capacity.get("eager", {})
+    shape = f"{capacity['dtype']} {capacity['q']}x{capacity['n']}x{capacity['c']}"
+    rows = []
+    for backend, entry in capacity.get("backends", {}).items():
+        if "error" in entry:
+            rows.append(("3", f"{backend} fwd+bwd fits where eager cannot", shape,
+                         entry["error"], False))
+            continue
+        fits = eager.get("fits_on_device")
+        peak = entry.get("peak_bytes")
+        measured = (f"{peak / 2**30:.1f} GiB peak; eager ~{eager['extrapolated_peak_bytes'] / 2**30:.0f}"
+                    f" GiB of {capacity['device_memory_bytes'] / 2**30:.0f}"
+                    if peak is not None and fits is not None else "eager's peak not measured")
+        rows.append(("3", f"{backend} fwd+bwd fits where eager cannot", shape, measured,
+                     bool(entry.get("finite")) and fits is False))
+    return rows
+
+
+def targets_markdown(benchmarks, capacity=None):
+    rows = target_rows(benchmarks) + (capacity_target_rows(capacity) if capacity else [])
+    lines = []
+    if rows:
+        lines += ["## Targets", "",
+                  "The issues' performance targets, judged on this run's medians.", "",
+                  "| issue | target | shape | measured | met |", "|---|---|---|---|---|"]
+        lines += [f"| {i} | {t} | {shape} | {m} | {'yes' if ok else 'NO'} |"
+                  for i, t, shape, m, ok in rows]
+        lines.append("")
+    return lines
+
+
+def capacity_markdown(capacity):
     """The table bench/capacity.py wrote into its JSON."""
-    with open(path) as fh:
-        return ["## Capacity", "", json.load(fh)["table"], ""]
+    return ["## Capacity", "", capacity["table"], ""]
 
 
 def tune_markdown(path):
@@ -257,7 +384,8 @@ def tune_markdown(path):
     return lines + [""]
 
 
-def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name, appendix=()):
+def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name, capacity=None,
+                   appendix=()):
     lines = ["# memae-fused benchmarks", ""] + machine_lines(machine_info, commit_info, when) + [""]
     lines += [
         "Median of the timed rounds (host clock, synchronised). Modes: forward (inputs require "
@@ -266,6 +394,7 @@ def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name, 
         "of SDPA = SDPA time / case time. Model TFLOP/s count forward 2, backward 4, full 6 "
         "units of 2·Q·N·C for every case. Peak MiB: peak memory above what was allocated "
         "before the call (see bench/results/README.md for how it is measured).", ""]
+    lines += targets_markdown(benchmarks, capacity)
     perf = perf_markdown(machine_info, benchmarks)
     if perf:
         lines += ["## Performance shapes", ""] + perf
@@ -355,6 +484,10 @@ def main(argv=None):
     for p in set(args.json) - set(paths):
         print(f"report: {p} does not exist; skipped", file=sys.stderr)
     machine_info, commit_info, when, benchmarks = load_runs(paths)
+    capacity = None
+    if args.capacity:
+        with open(args.capacity) as fh:
+            capacity = json.load(fh)
     stem = stem_of(machine_info, when)
     if args.stem:
         print(stem)
@@ -372,17 +505,19 @@ def main(argv=None):
     png_written = bool(png) and write_plot(png, benchmarks)
     if md:
         png_name = os.path.relpath(png, os.path.dirname(os.path.abspath(md))) if png_written else None
-        appendix = []
-        if args.capacity:
-            appendix += capacity_markdown(args.capacity)
+        appendix = capacity_markdown(capacity) if capacity else []
         if args.tune:
             appendix += tune_markdown(args.tune)
-        write_markdown(md, machine_info, commit_info, when, benchmarks, png_name, appendix)
+        write_markdown(md, machine_info, commit_info, when, benchmarks, png_name, capacity,
+                       appendix)
     for path in (md, png if png_written else None, merged):
         if path:
             print(f"report: wrote {path}")
     if args.summary:
         print_summary(benchmarks)
+        targets = targets_markdown(benchmarks, capacity)
+        if targets:
+            print("\n".join(targets[4:]).rstrip())
     return 0
 
 
