@@ -36,7 +36,7 @@
 # (170), GPU_CHECK_CAPACITY_SECONDS (90), GPU_CHECK_TUNE_SECONDS (60), TORCH_CUDA_ARCH_LIST
 # (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
 # GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks), GPU_CHECK_TEST_WORKERS (8:
-# pytest-xdist workers for the tests, when pytest-xdist is installed), GPU_CHECK_SKIP_BUILD=1
+# pytest-xdist workers for the Triton tests, half as many for the others, where installed), GPU_CHECK_SKIP_BUILD=1
 # (use the extension as built; without it, one that bench/device_rehearsal.sh built and the
 # call carried in build/device/ is used when its stamp matches), GPU_CHECK_ALLOW_CPU=1 (no
 # GPU: a dry run of this script in bench fast mode, for checking the script itself).
@@ -121,6 +121,42 @@ use_prebuilt() {
   return 1
 }
 
+# The tests in two pytest runs at once, the Triton tests and the rest (the C++/CUDA op, the
+# build, the API), each with its own processes: a fault in a CUDA kernel poisons the CUDA
+# context of the process it happens in and would fail every test after it there. Each new
+# Triton tile shape, dtype and flag set is a compile (about 250 in all, half a second each):
+# pytest-xdist, where installed, spreads them over the CPUs. No -x: one call must show every
+# failure there is (the time limit bounds a broken run).
+run_tests() {
+  local limit=${GPU_CHECK_TEST_SECONDS:-170} logs pids=() names=(triton cuda-cpp)
+  local selections=("triton" "not triton") workers=("" "") n=${GPU_CHECK_TEST_WORKERS:-8} i k rc t0
+  if "$PY" -c "import xdist" 2>/dev/null; then
+    workers=("-n $n" "-n $(( n / 2 > 0 ? n / 2 : 1 ))")  # the Triton run compiles
+  fi
+  logs=$(mktemp -d)
+  t0=$(date +%s)
+  for i in 0 1; do
+    k=${selections[$i]}
+    [ -n "$TEST_FILTER" ] && k="($TEST_FILTER) and ($k)"
+    echo
+    echo "=== [$(elapsed)s] tests-${names[$i]}: pytest tests -k \"$k\" ${workers[$i]}"
+    # shellcheck disable=SC2086  # "-n N" or nothing
+    timeout "$limit" "$PY" -m pytest tests -q -p no:cacheprovider --continue-on-collection-errors \
+      -k "$k" ${workers[$i]} >"$logs/$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 0 1; do
+    wait "${pids[$i]}"
+    rc=$?
+    [ $rc -eq 5 ] && rc=0  # no test selected
+    echo
+    echo "=== tests-${names[$i]} (rc=$rc):"
+    cat "$logs/$i.log"
+    STATUS+=("$(printf '%-12s %-4s %4ss' "tests-${names[$i]}" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
+  done
+  rm -rf "$logs"
+}
+
 main() {
   local bench_args=() has_gpu
   echo "gpu_check: part $PART, steps:$STEPS, ${TOTAL_S} s; $(date -u +%FT%TZ) in $PWD, output in $OUT"
@@ -169,16 +205,7 @@ for name in backends.BACKENDS:
 "
 
   if wants tests; then
-    local test_k=()
-    [ -n "$TEST_FILTER" ] && test_k=(-k "$TEST_FILTER")
-    # Each new tile shape, dtype and flag set is a Triton compile (a second or more each, a
-    # few hundred in all): pytest-xdist, where installed, spreads them over the CPUs.
-    if "$PY" -c "import xdist" 2>/dev/null; then
-      test_k+=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
-    fi
-    # No -x: one call must show every failure there is (the time limit bounds a broken run).
-    run_step tests timeout "${GPU_CHECK_TEST_SECONDS:-170}" "$PY" -m pytest tests -q \
-      --maxfail=25 -p no:cacheprovider --continue-on-collection-errors "${test_k[@]}"
+    run_tests
   fi
 
   local extra=() share backend probed=() failed=() not_failed=""
