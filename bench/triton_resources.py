@@ -39,15 +39,18 @@ from memae_fused import triton_memory  # noqa: E402
 # Shared memory a block may use on the target (H100/H200: 227 KiB; A100: 163 KiB).
 SHARED_LIMIT = {90: 232448, 80: 166912}
 # Each tile_config kernel's launches: the sweep compiles the first (the heaviest: shrinkage,
-# separate keys and values), --check all of them, since each is a separate compile.
+# separate keys and values), --check all of them, since each is a separate compile. The
+# backward's third is the released MemAE code's configuration (shrinkage, dot similarity).
 KERNELS = {
     "forward": [(triton_memory._fwd_kernel, dict(SHRINK=True, SPLIT=False, SHARED_KV=False)),
                 (triton_memory._fwd_kernel, dict(SHRINK=False, SPLIT=True, SHARED_KV=True)),
                 (triton_memory._row_max_sum_kernel, dict(SHARED_KV=False))],
     "backward_query": [(triton_memory._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False)),
-                       (triton_memory._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True))],
+                       (triton_memory._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True)),
+                       (triton_memory._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True))],
     "backward_memory": [(triton_memory._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False)),
-                        (triton_memory._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True))],
+                        (triton_memory._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True)),
+                        (triton_memory._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=True))],
 }
 # (name, element type, dot precision): the dtypes users run and float64 for the tests.
 MODES = {

@@ -275,7 +275,12 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
                        SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
                        SHARED_KV: tl.constexpr):
-    """Memory-major backward: partial d(mk) = sum_i ds·zq and d(mv) = sum_i a·g per slot."""
+    """Memory-major backward: partial d(mk) = sum_i ds·zq and d(mv) = sum_i a·g per slot.
+
+    With dot similarity the keys are the values, so one accumulator takes both terms and
+    PART_DMK receives the slot's whole gradient (PART_DMV is not touched): a C-wide float32
+    accumulator less, which keeps the picked tiles from spilling.
+    """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     scale = tl.load(PARAMS)
@@ -294,7 +299,8 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
     q_end = tl.minimum(q_start + q_per_split, Q)
     zero = tl.zeros([BLOCK_N, BLOCK_Q], dtype=scale.dtype)
     dmk = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
-    dmv = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
+    if not SHARED_KV:
+        dmv = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
     for q0 in range(q_start, q_end, BLOCK_Q):
         offs_q = q0 + tl.arange(0, BLOCK_Q)
         mask_q = offs_q < q_end
@@ -319,11 +325,18 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
         ds_t = w_t * (dw_t - r_row[None, :])
         ds_t = tl.where(mask_q[None, :], ds_t, 0.0)
         a_t = tl.where(mask_q[None, :], a_t, 0.0)
-        dmk = _mm(ds_t.to(zq.dtype), zq, dmk, PREC, UPCAST)
-        dmv = _mm(a_t.to(g.dtype), g, dmv, PREC, UPCAST)
+        if SHARED_KV:
+            dmk = _mm((ds_t * scale).to(zq.dtype), zq, dmk, PREC, UPCAST)
+            dmk = _mm(a_t.to(g.dtype), g, dmk, PREC, UPCAST)
+        else:
+            dmk = _mm(ds_t.to(zq.dtype), zq, dmk, PREC, UPCAST)
+            dmv = _mm(a_t.to(g.dtype), g, dmv, PREC, UPCAST)
     part = pid_s * N + offs_n
-    tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk * scale, mask=mask_nc)
-    tl.store(PART_DMV + part[:, None] * C + offs_c[None, :], dmv, mask=mask_nc)
+    if SHARED_KV:
+        tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk, mask=mask_nc)
+    else:
+        tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk * scale, mask=mask_nc)
+        tl.store(PART_DMV + part[:, None] * C + offs_c[None, :], dmv, mask=mask_nc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +405,7 @@ KNOWN_SPILLS = {
     ("float32", "backward_query", 256): 512, ("float32", "backward_query", 512): 6144,
     ("float32", "backward_memory", 256): 512, ("float32", "backward_memory", 512): 3072,
     ("tf32", "backward_memory", 512): 384,
-    ("float64", "backward_query", 256): 384, ("float64", "backward_memory", 256): 2048,
+    ("float64", "backward_query", 256): 384, ("float64", "backward_memory", 256): 3584,
 }
 
 
@@ -631,18 +644,17 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     q_per_split = triton.cdiv(triton.cdiv(q, q_splits), tiles.block_q) * tiles.block_q
     q_splits = triton.cdiv(q, q_per_split)
     part_dmk = torch.empty((q_splits, n, c), dtype=acc_dtype, device=query.device)
-    part_dmv = torch.empty_like(part_dmk)
+    # Dot similarity: the kernel puts the whole memory gradient in part_dmk.
+    part_dmv = torch.empty_like(part_dmk) if cosine else part_dmk.new_empty(0)
     _launch(_bwd_memory_kernel, (n_blocks, q_splits),
             zq, mk, memory, grad_read, gam, stats, d_row, r_row.contiguous(), part_dmk,
             part_dmv, params, q, n, c, q_per_split, **meta)
-    grad_mk = part_dmk.sum(dim=0)
-    grad_mv = part_dmv.sum(dim=0)
     if cosine:
         grad_query = _normalize_backward(query, grad_zq)
-        grad_memory = _normalize_backward(memory, grad_mk) + grad_mv
+        grad_memory = _normalize_backward(memory, part_dmk.sum(dim=0)) + part_dmv.sum(dim=0)
     else:
         grad_query = grad_zq
-        grad_memory = grad_mk + grad_mv
+        grad_memory = part_dmk.sum(dim=0)
     return grad_query.to(query.dtype), grad_memory.to(memory.dtype)
 
 

@@ -92,6 +92,7 @@ def trace_case(shape, dtype, cosine, shrink_thres):
                 "wrapper": str(node.target),
                 "grid": [list(g) for g in node.kwargs["grid"]],
                 "split": args.get("SPLIT"),  # the forward kernel's mode; None elsewhere
+                "shared_kv": args.get("SHARED_KV"),
                 "written": sorted(node.kwargs["tensors_to_clone"]),
             })
         elif str(node.target).startswith("memae_fused."):

@@ -12,15 +12,17 @@ import torch
 
 SCRIPT = pathlib.Path(__file__).with_name("fake_gpu_trace.py")
 
-# What each kernel writes (the forward kernel by its SPLIT mode); the rest of its tensor
-# arguments it only reads.
-WRITES = {
-    ("_row_max_sum_kernel", None): {"PART_MAX", "PART_SUM"},
-    ("_fwd_kernel", False): {"READ", "ENT", "STATS"},
-    ("_fwd_kernel", True): {"PART_ACC", "PART_STATS"},
-    ("_bwd_query_kernel", None): {"PART_R", "PART_X", "PART_Y"},
-    ("_bwd_memory_kernel", None): {"PART_DMK", "PART_DMV"},
-}
+def expected_writes(launch):
+    """What a kernel writes (the forward kernel by its SPLIT mode, the memory-major backward
+    by whether the keys are the values); the rest of its tensor arguments it only reads."""
+    kernel = launch["kernel"]
+    if kernel == "_fwd_kernel":
+        return {"PART_ACC", "PART_STATS"} if launch["split"] else {"READ", "ENT", "STATS"}
+    if kernel == "_bwd_memory_kernel":
+        return {"PART_DMK"} if launch["shared_kv"] else {"PART_DMK", "PART_DMV"}
+    return {"_row_max_sum_kernel": {"PART_MAX", "PART_SUM"},
+            "_bwd_query_kernel": {"PART_R", "PART_X", "PART_Y"}}[kernel]
+
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(), reason="on a GPU the ops are compiled for real (test_triton.py)")
@@ -52,7 +54,7 @@ def test_every_launch_is_traced_into_with_its_writes_known(traces):
         for launch in record["launches"]:
             assert launch["wrapper"] == "triton_kernel_wrapper_functional", label
             written = set(launch["written"])
-            assert written == WRITES[(launch["kernel"], launch["split"])], (label, launch)
+            assert written == expected_writes(launch), (label, launch)
 
 
 def test_launch_sequence_and_splits(traces):
