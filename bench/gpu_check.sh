@@ -33,7 +33,7 @@
 # Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 300, all: 900),
 # GPU_CHECK_STEPS (the steps to run, e.g. "tests perf"; default: the part's),
 # GPU_CHECK_PERF_DTYPES (the part's: bfloat16, float32; all: both), GPU_CHECK_TEST_SECONDS
-# (170), GPU_CHECK_CAPACITY_SECONDS (90), GPU_CHECK_TUNE_SECONDS (60), TORCH_CUDA_ARCH_LIST
+# (170), GPU_CHECK_CAPACITY_SECONDS (60), GPU_CHECK_TUNE_SECONDS (60), TORCH_CUDA_ARCH_LIST
 # (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
 # GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks), GPU_CHECK_TEST_WORKERS (8:
 # pytest-xdist workers for the Triton tests, half as many for the others, where installed), GPU_CHECK_SKIP_BUILD=1
@@ -54,7 +54,7 @@ esac
 STEPS=" ${GPU_CHECK_STEPS:-$DEFAULT_STEPS} "
 TOTAL_S=${GPU_CHECK_SECONDS:-$DEFAULT_TOTAL}
 PERF_DTYPES=${GPU_CHECK_PERF_DTYPES-$DEFAULT_DTYPES}
-CAPACITY_S=${GPU_CHECK_CAPACITY_SECONDS:-90}
+CAPACITY_S=${GPU_CHECK_CAPACITY_SECONDS:-60}
 TUNE_S=${GPU_CHECK_TUNE_SECONDS:-60}
 REPORT_RESERVE_S=15
 PY=${PYTHON:-python3}

@@ -36,7 +36,7 @@ import memae_fused
 import python_ref
 from memae_fused import backends as memae_backends
 
-from bench.conftest import MODES, SHRINK_FACTOR, SIMILARITY, SWEEP_MODES, TEMPERATURE
+from bench.conftest import SHRINK_FACTOR, SIMILARITY, TEMPERATURE
 
 FUSED_CANDIDATES = {"cuda": ["triton", "cuda"], "cpu": ["cpp"]}
 # Model FLOPs in units of 2*Q*N*C, the same useful work counted for every case: forward =
@@ -54,10 +54,10 @@ def pytest_generate_tests(metafunc):
     s = metafunc.config.memae_bench
     cases = cases_for(s.device)
     if "perf_spec" in metafunc.fixturenames:
-        specs = [(p, m, c) for p in s.perf for m in MODES for c in cases]
+        specs = [(p, m, c) for p in s.perf for m in s.modes for c in cases]
         metafunc.parametrize("perf_spec", specs, ids=[f"{p.id}-{m}-{c}" for p, m, c in specs])
     if "sweep_spec" in metafunc.fixturenames:
-        specs = [(p, m, c) for p in s.sweep for m in SWEEP_MODES for c in cases]
+        specs = [(p, m, c) for p in s.sweep for m in s.sweep_modes for c in cases]
         metafunc.parametrize("sweep_spec", specs, ids=[f"{p.id}-{m}-{c}" for p, m, c in specs])
 
 
