@@ -25,10 +25,10 @@
 #
 # Steps, in this order: build (or the prebuilt extension), backends, tests, probe (each fused
 # backend alone, bench/probe_backend.py: one that faults is left out of the benchmarks, which
-# it would otherwise take down), perf (the performance shapes, dtype per part), capacity (bench/capacity.py: (65536, 100000, 256) bf16
-# forward + backward with each fused backend), sweep (for the plot), tune
-# (bench/tune_triton_tiles.py: the Triton tile picks against the other spill-free
-# candidates), report.
+# it would otherwise take down), perf (the performance shapes, dtype per part), capacity
+# (bench/capacity.py: (65536, 100000, 256) bf16 forward + backward with each fused backend),
+# sweep (for the plot), tune (bench/tune_triton_tiles.py: the Triton tile picks against the
+# other spill-free candidates), report.
 #
 # Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 300, all: 900),
 # GPU_CHECK_STEPS (the steps to run, e.g. "tests perf"; default: the part's),
@@ -36,10 +36,11 @@
 # (170), GPU_CHECK_CAPACITY_SECONDS (60), GPU_CHECK_TUNE_SECONDS (60), TORCH_CUDA_ARCH_LIST
 # (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
 # GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks), GPU_CHECK_TEST_WORKERS (8:
-# pytest-xdist workers for the Triton tests, half as many for the others, where installed), GPU_CHECK_SKIP_BUILD=1
-# (use the extension as built; without it, one that bench/device_rehearsal.sh built and the
-# call carried in build/device/ is used when its stamp matches), GPU_CHECK_ALLOW_CPU=1 (no
-# GPU: a dry run of this script in bench fast mode, for checking the script itself).
+# pytest-xdist workers for the Triton tests, half as many for the others, where installed),
+# GPU_CHECK_SKIP_BUILD=1 (use the extension as built; without it, one that
+# bench/device_rehearsal.sh built and the call carried in build/device/ is used when its
+# stamp matches), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry run of this script in bench fast mode,
+# for checking the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -152,7 +153,8 @@ run_tests() {
     echo
     echo "=== tests-${names[$i]} (rc=$rc):"
     cat "$logs/$i.log"
-    STATUS+=("$(printf '%-12s %-4s %4ss' "tests-${names[$i]}" "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
+    STATUS+=("$(printf '%-12s %-4s %4ss' "tests-${names[$i]}" \
+      "$([ $rc -eq 0 ] && echo ok || echo "rc=$rc")" $(( $(date +%s) - t0 )))")
   done
   rm -rf "$logs"
 }

@@ -337,8 +337,10 @@ def capacity_target_rows(capacity):
             continue
         fits = eager.get("fits_on_device")
         peak = entry.get("peak_bytes")
-        measured = (f"{peak / 2**30:.1f} GiB peak; eager ~{eager['extrapolated_peak_bytes'] / 2**30:.0f}"
-                    f" GiB of {capacity['device_memory_bytes'] / 2**30:.0f}"
+        gib = 2.0 ** 30
+        measured = (f"{peak / gib:.1f} GiB peak; eager ~"
+                    f"{eager['extrapolated_peak_bytes'] / gib:.0f} GiB of "
+                    f"{capacity['device_memory_bytes'] / gib:.0f}"
                     if peak is not None and fits is not None else "eager's peak not measured")
         rows.append(("3", f"{backend} fwd+bwd fits where eager cannot", shape, measured,
                      bool(entry.get("finite")) and fits is False))
