@@ -10,7 +10,7 @@
 # the first returns, while the machine is still warm:
 #   run(command="bash bench/gpu_check.sh 1", timeout_s=480,
 #       carry=["build/device/_C.abi3.so", "build/device/_C.stamp"])
-#   run(command="bash bench/gpu_check.sh 2", timeout_s=360, carry=<the same>)
+#   run(command="bash bench/gpu_check.sh 2", timeout_s=420, carry=<the same>)
 #
 # The tree it tests is a copy of the working tree as the device tool sends it (tracked and
 # untracked-not-ignored files). Environment: PYTHON312 (python3.12), VENV (.venv-device).

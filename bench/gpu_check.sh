@@ -6,8 +6,7 @@
 # The device tool lends 15 minutes a session, each machine start (a minute or more) included,
 # and one command runs 10 minutes at most, so the work comes in two parts:
 #   1  (7 min): the GPU tests, the performance shapes in bfloat16, the capacity check;
-#   2  (5 min): the performance shapes in float32, the sweep over N, then the tile timing
-#               in whatever time is left.
+#   2  (6 min): the performance shapes in float32, the Triton tile timing, the sweep over N.
 # Part 1 holds what the issues judge first. Sent right after part 1 (within the 30 s the
 # machine stays warm), part 2 needs no second start; where part 1 shows a failure, fix it
 # first and have part 2 run the failing tests again (GPU_CHECK_STEPS="tests perf sweep").
@@ -27,13 +26,13 @@
 # backend alone, bench/probe_backend.py: one that faults is left out of the benchmarks, which
 # it would otherwise take down), perf (the performance shapes, dtype per part), capacity
 # (bench/capacity.py: (65536, 100000, 256) bf16 forward + backward with each fused backend),
-# sweep (for the plot), tune (bench/tune_triton_tiles.py: the Triton tile picks against the
-# other spill-free candidates), report.
+# tune (bench/tune_triton_tiles.py: the Triton tile picks against the other candidates),
+# sweep (for the plot), report.
 #
-# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 300, all: 900),
+# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 360, all: 900),
 # GPU_CHECK_STEPS (the steps to run, e.g. "tests perf"; default: the part's),
 # GPU_CHECK_PERF_DTYPES (the part's: bfloat16, float32; all: both), GPU_CHECK_TEST_SECONDS
-# (170), GPU_CHECK_CAPACITY_SECONDS (60), GPU_CHECK_TUNE_SECONDS (60), TORCH_CUDA_ARCH_LIST
+# (170), GPU_CHECK_CAPACITY_SECONDS (60), GPU_CHECK_TUNE_SECONDS (45), TORCH_CUDA_ARCH_LIST
 # (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
 # GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks), GPU_CHECK_TEST_WORKERS (8:
 # pytest-xdist workers for the Triton tests, half as many for the others, where installed),
@@ -47,8 +46,8 @@ cd "$(dirname "$0")/.."
 PART=${1:-all}
 case "$PART" in
   1) DEFAULT_STEPS="tests perf capacity" DEFAULT_TOTAL=420 DEFAULT_DTYPES="bfloat16" ;;
-  2) DEFAULT_STEPS="perf sweep tune" DEFAULT_TOTAL=300 DEFAULT_DTYPES="float32" ;;
-  all) DEFAULT_STEPS="tests perf capacity sweep tune" DEFAULT_TOTAL=900
+  2) DEFAULT_STEPS="perf tune sweep" DEFAULT_TOTAL=360 DEFAULT_DTYPES="float32" ;;
+  all) DEFAULT_STEPS="tests perf capacity tune sweep" DEFAULT_TOTAL=900
        DEFAULT_DTYPES="bfloat16 float32" ;;
   *) echo "usage: bench/gpu_check.sh [all|1|2]" >&2; exit 2 ;;
 esac
@@ -56,7 +55,7 @@ STEPS=" ${GPU_CHECK_STEPS:-$DEFAULT_STEPS} "
 TOTAL_S=${GPU_CHECK_SECONDS:-$DEFAULT_TOTAL}
 PERF_DTYPES=${GPU_CHECK_PERF_DTYPES-$DEFAULT_DTYPES}
 CAPACITY_S=${GPU_CHECK_CAPACITY_SECONDS:-60}
-TUNE_S=${GPU_CHECK_TUNE_SECONDS:-60}
+TUNE_S=${GPU_CHECK_TUNE_SECONDS:-45}
 REPORT_RESERVE_S=15
 PY=${PYTHON:-python3}
 OUT=${OUT:-.benchmarks/gpu_check-$(date -u +%Y%m%dT%H%M%S)}
@@ -84,16 +83,14 @@ run_step() {
 }
 
 # Seconds for the benchmark step NAME: the part's time less what has gone, the report's
-# reserve and the fixed times of the steps still to come (the tile timing's only in "all":
-# in part 2 it takes what the benchmarks leave); perf takes two thirds of what remains when
-# the sweep follows. Never less than MIN.
+# reserve and the fixed times of the steps still to come; perf takes two thirds of what
+# remains when the sweep follows. Never less than MIN.
 bench_share() {
-  local name=$1 min=$2 left tune_reserve=0
+  local name=$1 min=$2 left
   left=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S ))
-  [ "$PART" = all ] && wants tune && tune_reserve=$(( TUNE_S + 30 ))
-  left=$(( left - tune_reserve ))
   if [ "$name" = perf ]; then
     wants capacity && left=$(( left - CAPACITY_S ))
+    wants tune && left=$(( left - TUNE_S - 20 ))
     wants sweep && left=$(( left * 2 / 3 ))
   fi
   echo $(( left < min ? min : left ))
@@ -256,6 +253,21 @@ print(*memae_fused.available_backends(torch.device('$device')))") "
       "${capacity_args[@]}" --json "$OUT/capacity.json"
   fi
 
+  # Tile shapes: the committed picks against the other spill-free candidates (and, where no
+  # wgmma tile is spill-free, the least spilling one), bf16 at (16384, 2000, 256), each kernel
+  # on its own (bench/tune_triton_tiles.py). Before the sweep: what it finds decides the next
+  # kernel work, the sweep only draws the plot.
+  if wants tune && [ "$has_gpu" = 1 ] && [ "$TUNE_S" -gt 0 ]; then
+    share=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S - $(wants sweep && echo 75 || echo 0) ))
+    share=$(( share - 20 < TUNE_S ? share - 20 : TUNE_S ))
+    if [ "$share" -lt 20 ]; then
+      echo "gpu_check: tune skipped, too little time left"
+    else
+      run_step tune timeout -s INT $(( share + 20 )) "$PY" bench/tune_triton_tiles.py --quick \
+        --shapes 16384,2000,256 --budget "$share" --out "$OUT/tune.json"
+    fi
+  fi
+
   if wants sweep; then
     share=$(bench_share sweep 75)
     local sweep_k=()
@@ -263,19 +275,6 @@ print(*memae_fused.available_backends(torch.device('$device')))") "
     run_step sweep timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_sweep \
       -q -p no:cacheprovider "${bench_args[@]}" "${sweep_k[@]}" --bench-budget $(( share - 45 )) \
       --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
-  fi
-
-  # Tile shapes: the committed picks against the other spill-free candidates, bf16 at the
-  # first performance shape, each kernel on its own (bench/tune_triton_tiles.py).
-  if wants tune && [ "$has_gpu" = 1 ] && [ "$TUNE_S" -gt 0 ]; then
-    share=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S ))
-    if [ "$share" -lt 40 ]; then
-      echo "gpu_check: tune skipped, ${share} s left"
-    else
-      share=$(( share - 30 < TUNE_S ? share - 30 : TUNE_S ))
-      run_step tune timeout -s INT $(( share + 30 )) "$PY" bench/tune_triton_tiles.py --quick \
-        --shapes 16384,2000,256 --budget "$share" --out "$OUT/tune.json"
-    fi
   fi
 
   local runs=()
