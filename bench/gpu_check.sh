@@ -213,8 +213,13 @@ for name in backends.BACKENDS:
   # Each fused backend once in a process of its own (bench/probe_backend.py): one that faults
   # stays out of the benchmark runs, where its fault would fail every later case.
   if wants perf || wants capacity || wants sweep; then
-    local probe_args=() device=cuda available
-    [ "$has_gpu" != 1 ] && device=cpu probe_args=(--device cpu --dtype float32 --q 256 --n 512)
+    # In the dtypes the part's benchmarks run (the capacity check and the sweep: bf16).
+    local probe_args=() device=cuda available probe_dtypes=$PERF_DTYPES
+    { wants capacity || wants sweep; } && [[ " $probe_dtypes " != *" bfloat16 "* ]] &&
+      probe_dtypes+=" bfloat16"
+    probe_dtypes=$(echo $probe_dtypes | tr ' ' ',')
+    probe_args=(--dtypes "${probe_dtypes:-bfloat16}")
+    [ "$has_gpu" != 1 ] && device=cpu probe_args=(--device cpu --dtypes float32 --q 256 --n 512)
     available=" $("$PY" -c "import torch, memae_fused
 print(*memae_fused.available_backends(torch.device('$device')))") "
     for backend in triton cuda cpp; do
