@@ -366,13 +366,16 @@ def capacity_markdown(capacity):
 
 
 def tune_markdown(path):
-    """bench/tune_triton_tiles.py's timings: each kernel's tile shapes, fastest first."""
+    """bench/tune_triton_tiles.py's timings: the backward plans, then each kernel's tile
+    shapes, fastest first."""
     with open(path) as fh:
         tune = json.load(fh)
     lines = ["## Triton tile shapes timed", "",
              f"bench/tune_triton_tiles.py on {tune.get('device')}, torch {tune.get('torch')}, "
              f"Triton {tune.get('triton')}; tiles = (BLOCK_Q, BLOCK_N, warps, stages), "
-             "* = tile_config's pick when timed.", "",
+             "* = tile_config's pick when timed. backward_plan: the whole backward with the "
+             "query-major backward in one fused sweep or R first, each with its picked "
+             "tiles.", "",
              "| kernel | Q × N × C | dtype | tiles | ms | × fastest |", "|---|---|---|---|---:|---:|"]
     groups = OrderedDict()
     for row in tune["rows"]:
@@ -380,7 +383,9 @@ def tune_markdown(path):
     for (kernel, q, n, c, dtype), rows in groups.items():
         fastest = min(r["ms"] for r in rows)
         for r in sorted(rows, key=lambda r: r["ms"]):
-            tiles = "(" + ", ".join(map(str, r["tiles"])) + ")" + (" *" if r["default"] else "")
+            tiles = r["tiles"] if isinstance(r["tiles"], str) else (  # a plan, or tiles
+                "(" + ", ".join(map(str, r["tiles"])) + ")")
+            tiles += " *" if r["default"] else ""
             lines.append(f"| {kernel} | {q} × {n} × {c} | {dtype.replace('torch.', '')} | "
                          f"{tiles} | {r['ms']:.3f} | {r['ms'] / fastest:.2f} |")
     return lines + [""]

@@ -45,13 +45,17 @@ KERNELS = {
     "forward": [(triton_memory._fwd_kernel, dict(SHRINK=True, SPLIT=False, SHARED_KV=False)),
                 (triton_memory._fwd_kernel, dict(SHRINK=False, SPLIT=True, SHARED_KV=True)),
                 (triton_memory._row_max_sum_kernel, dict(SHARED_KV=False))],
-    "backward_query": [(triton_memory._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False)),
-                       (triton_memory._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True)),
-                       (triton_memory._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True))],
+    # The query-major backward's three passes (triton_memory.backward_query_plan).
+    **{name: [(triton_memory._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False, PASS=pass_)),
+              (triton_memory._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True, PASS=pass_)),
+              (triton_memory._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True, PASS=pass_))]
+       for name, pass_ in (("backward_query", "fused"), ("backward_row_term", "row_term"),
+                           ("backward_dquery", "dquery"))},
     "backward_memory": [(triton_memory._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False)),
                         (triton_memory._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True)),
                         (triton_memory._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=True))],
 }
+TWO_PASS_KERNELS = ("backward_row_term", "backward_dquery")
 # (name, element type, dot precision): the dtypes users run and float64 for the tests.
 MODES = {
     "bfloat16": ("bf16", "ieee", torch.bfloat16),
@@ -63,7 +67,9 @@ MODES = {
 CANDIDATES = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 64, 8, 2),
               (32, 32, 4, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 4, 1),
               # 64 rows with a narrow sweep tile: wgmma at widths where 64 x 32 spills
-              (64, 16, 8, 2), (64, 16, 4, 2), (16, 64, 8, 2)]
+              (64, 16, 8, 2), (64, 16, 4, 2), (16, 64, 8, 2),
+              # two warpgroups of 64 rows: for kernels without a C-wide accumulator
+              (128, 64, 8, 2), (128, 32, 8, 2)]
 BLOCK_CS = [64, 128, 256, 512]
 INT_ARGS = {"Q", "N", "C", "n_per_split", "q_per_split"}
 DATA_ARGS = {"ZQ", "MK", "MV", "G", "READ", "ENT"}
@@ -155,6 +161,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--modes", default=",".join(m for m in MODES if m != "float16"),
                         help="operand modes (float16 compiles like bfloat16: --check adds it)")
+    parser.add_argument("--kernels", default=",".join(KERNELS),
+                        help="which of tile_config's kernels to compile")
     parser.add_argument("--block-c", default=",".join(map(str, BLOCK_CS)),
                         help="padded channel counts to compile for")
     parser.add_argument("--tiles", help="candidate shapes instead of the built-in list, as "
@@ -187,9 +195,13 @@ def main():
     if args.check:
         block_cs = [16, 32] + block_cs  # the narrow tiles too: ptxas is not monotonic in width
     modes = list(MODES) if args.check else args.modes.split(",")
-    for mode, kernel_name, block_c in itertools.product(modes, KERNELS, block_cs):
+    for mode, kernel_name, block_c in itertools.product(modes, args.kernels.split(","),
+                                                         block_cs):
         if triton_memory.unsupported_reason(MODES[mode][2], block_c, gpu) is not None:
             continue  # the op refuses these inputs with a clear error (or "auto" moves on)
+        if (kernel_name in TWO_PASS_KERNELS and triton_memory.backward_query_plan(
+                block_c, MODES[mode][2], gpu, MODES[mode][1]) == "fused"):
+            continue  # the query-major backward runs in one pass there
         picked = tuple(triton_memory.tile_config(kernel_name, block_c, MODES[mode][2], gpu,
                                                  MODES[mode][1]))
         shapes = [picked] if args.check else list(dict.fromkeys([picked] + candidates))

@@ -3,12 +3,14 @@
     python3 bench/tune_triton_tiles.py [--out results.json] [--quick] [--shapes Q,N,C;...]
                                        [--budget SECONDS]
 
-Each kernel ("forward", "backward_query", "backward_memory") is swept on its own while the
-other two keep memae_fused.triton_memory.tile_config's current choice; the forward is timed
-alone, a backward kernel by timing the whole backward. The candidates are the shapes that
-compiled without spills and within shared memory in the committed resource sweep
-(bench/results/*-triton-resources-sm90.json, from bench/triton_resources.py), so no device
-time goes to shapes known to spill. Results feed tile_config.
+First the query-major backward's two plans (triton_memory.backward_query_plan: one fused
+sweep, or R first and then d(query)) are timed against each other as whole backwards, each
+with its picked tiles ("backward_plan"). Then each kernel of the current plan is swept on
+its own while the others keep memae_fused.triton_memory.tile_config's current choice; the
+forward is timed alone, a backward kernel by timing the whole backward. The candidates are
+the shapes that compiled without spills and within shared memory in the committed resource
+sweep (bench/results/*-triton-resources-sm90.json, from bench/triton_resources.py), so no
+device time goes to shapes known to spill. Results feed tile_config and _ROW_TERM_FIRST.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ import triton.testing
 from memae_fused import triton_memory
 
 SHAPES = [(16384, 2000, 256), (4096, 100000, 256)]
-KERNELS = ("forward", "backward_query", "backward_memory")
+PLANS = ("fused", "row_term_first")
+# The kernels each plan of the query-major backward runs, besides the forward and the
+# memory-major backward.
+PLAN_KERNELS = {"fused": ("backward_query",),
+                "row_term_first": ("backward_row_term", "backward_dquery")}
+
+
+def kernels(plan):
+    """What is tuned, most decisive first, when the current plan is `plan`."""
+    return ("backward_plan", "forward", *PLAN_KERNELS[plan], "backward_memory")
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -66,12 +77,17 @@ def candidates(kernel, mode, block_c, current):
 
 
 def time_kernel(kernel, tiles, q, n, c, dtype):
-    default = triton_memory.tile_config
+    """Milliseconds of the forward (kernel "forward") or of the whole backward, with `tiles`
+    for `kernel`, or for kernel "backward_plan" with the query-major plan named by `tiles`."""
+    default, default_plan = triton_memory.tile_config, triton_memory.backward_query_plan
 
     def patched(name, block_c, dt, device, precision="ieee"):
         return tiles if name == kernel else default(name, block_c, dt, device, precision)
 
-    triton_memory.tile_config = patched
+    if kernel == "backward_plan":
+        triton_memory.backward_query_plan = lambda *args: tiles
+    else:
+        triton_memory.tile_config = patched
     try:
         query = torch.randn(q, c, device="cuda", dtype=dtype)
         memory = torch.randn(n, c, device="cuda", dtype=dtype) * 0.1
@@ -85,7 +101,12 @@ def time_kernel(kernel, tiles, q, n, c, dtype):
                 grad_read, grad_ent, query, memory, read, entropy, stats, 1.0 / n, True, 0.05)
         return triton.testing.do_bench(fn, warmup=10, rep=40)
     finally:
-        triton_memory.tile_config = default
+        triton_memory.tile_config, triton_memory.backward_query_plan = default, default_plan
+
+
+def label(option):
+    """A plan's name, or a tile shape as a tuple."""
+    return option if isinstance(option, str) else tuple(option)
 
 
 def main(argv=None):
@@ -94,8 +115,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="bf16 only")
     parser.add_argument("--shapes", help="Q,N,C;... instead of " + str(SHAPES))
     parser.add_argument("--budget", type=float, default=float("inf"),
-                        help="seconds, shared evenly by the kernels: each starts no new "
-                             "candidate after its share (gpu_check's step)")
+                        help="seconds; each kernel in turn gets an even share of what is "
+                             "left and starts no new candidate after it (gpu_check's step)")
     args = parser.parse_args(argv)
     shapes = SHAPES
     if args.shapes:
@@ -105,26 +126,40 @@ def main(argv=None):
         return 1
     dtypes = (torch.bfloat16,) if args.quick else (torch.bfloat16, torch.float32)
     rows = []
-    groups = list(itertools.product(shapes, dtypes, KERNELS))
-    for (q, n, c), dtype, kernel in groups:
-        deadline = time.monotonic() + args.budget / len(groups)
+    gpu = torch.device("cuda")
+    groups = []
+    for (q, n, c), dtype in itertools.product(shapes, dtypes):
+        plan = triton_memory.backward_query_plan(triton_memory._block_c(c), dtype, gpu,
+                                                 triton_memory._dot_precision(dtype))
+        groups += [((q, n, c), dtype, kernel) for kernel in kernels(plan)]
+    start = time.monotonic()
+    for index, ((q, n, c), dtype, kernel) in enumerate(groups):
+        # An even share of what is left: time a group does not use passes to the next ones.
+        left = args.budget - (time.monotonic() - start)
+        deadline = time.monotonic() + left / (len(groups) - index)
         precision = triton_memory._dot_precision(dtype)
         mode = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
             dtype, "float32-tf32" if precision == "tf32" else "float32")
         block_c = triton_memory._block_c(c)
-        default = triton_memory.tile_config(kernel, block_c, dtype, torch.device("cuda"),
-                                            precision)
+        if kernel == "backward_plan":
+            default = triton_memory.backward_query_plan(block_c, dtype, gpu, precision)
+            options = [default] + [plan for plan in PLANS if plan != default]
+        else:
+            default = triton_memory.tile_config(kernel, block_c, dtype, gpu, precision)
+            options = candidates(kernel, mode, block_c, default)
         best = None
-        for tiles in candidates(kernel, mode, block_c, default):
-            if time.monotonic() > deadline:
-                print(f"  budget spent: skip {kernel} {tuple(tiles)}", file=sys.stderr)
+        for tiles in options:
+            # Both plans are always timed: they decide the most.
+            if kernel != "backward_plan" and time.monotonic() > deadline:
+                print(f"  budget spent: skip {kernel} {label(tiles)}", file=sys.stderr)
                 continue
             try:
                 ms = time_kernel(kernel, tiles, q, n, c, dtype)
             except Exception as exc:  # out of shared memory or registers: not a candidate
-                print(f"  skip {kernel} {tuple(tiles)}: {type(exc).__name__}", file=sys.stderr)
+                print(f"  skip {kernel} {label(tiles)}: {type(exc).__name__}", file=sys.stderr)
                 continue
-            rows.append(dict(kernel=kernel, q=q, n=n, c=c, dtype=str(dtype), tiles=list(tiles),
+            rows.append(dict(kernel=kernel, q=q, n=n, c=c, dtype=str(dtype),
+                             tiles=tiles if isinstance(tiles, str) else list(tiles),
                              ms=ms, default=tiles == default))
             if best is None or ms < best[1]:
                 best = (tiles, ms)
@@ -133,8 +168,8 @@ def main(argv=None):
             continue
         default_ms = next((r["ms"] for r in rows if r["default"] and r["kernel"] == kernel
                            and (r["q"], r["n"], r["dtype"]) == (q, n, str(dtype))), float("nan"))
-        print(f"{kernel:16s} ({q},{n},{c}) {str(dtype):15s} best {tuple(best[0])} "
-              f"{best[1]:.3f} ms; current {tuple(default)} {default_ms:.3f} ms", flush=True)
+        print(f"{kernel:17s} ({q},{n},{c}) {str(dtype):15s} best {label(best[0])} "
+              f"{best[1]:.3f} ms; current {label(default)} {default_ms:.3f} ms", flush=True)
         if args.out:  # after every kernel, so that a run cut short keeps what it timed
             with open(args.out, "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -14,11 +14,14 @@ The backward recomputes the logits, FlashAttention style. The per-row reduction
 D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
 outputs (the analogue of rowsum(dO∘O)). A query-major kernel then yields d(query) and the
 softmax row term R = sum_j w_j·dL/dw_j together: d(query) is linear in R, so it is
-accumulated as X - R·Y. For lam = 0 dL/dw is shifted by -D first, which leaves the
-gradients unchanged but makes R a small residual that cancels D's rounding (D comes from
-the rounded read, and 1/temperature would magnify its error in d(query)). A
-memory-major kernel recomputes the tiles once more with every row's m, l, S, D, R known and
-accumulates d(memory); neither kernel uses atomics, so the backward is deterministic.
+accumulated as X - R·Y. Where those two C-wide accumulators leave room only for tiles too
+small for Hopper's wgmma (C = 256 in 16-bit and TF32), the kernel runs twice instead: R
+alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0 dL/dw is
+shifted by -D first, which leaves the gradients unchanged but makes R a small residual that
+cancels D's rounding (D comes from the rounded read, and 1/temperature would magnify its
+error in d(query)). A memory-major kernel recomputes the tiles once more with every row's
+m, l, S, D, R known and accumulates d(memory); neither kernel uses atomics, so the backward
+is deterministic.
 
 When there are too few query blocks to fill the GPU, the slots (forward, query-major
 backward) or the queries (memory-major backward) are split across programs and the partial
@@ -215,12 +218,20 @@ def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
 
 
 @triton.jit
-def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, PARAMS,
-                      Q, N, C, n_per_split,
-                      SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                      SHARED_KV: tl.constexpr):
-    """Query-major backward: partial X = sum w·dw·mk, Y = sum w·mk, R = sum w·dw per row."""
+def _bwd_query_kernel(ZQ, MK, MV, MNORM, G, GAM, STATS, DROW, RROW, PART_X, PART_Y, PART_R,
+                      PARAMS, Q, N, C, n_per_split,
+                      SHRINK: tl.constexpr, PASS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                      UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+    """Query-major backward sweep. PASS says what it accumulates per row:
+    "fused": X = sum w·dw·mk, Y = sum w·mk and R = sum w·dw, so d(query) = X - R·Y in one
+             sweep, at the price of two C-wide accumulators;
+    "row_term": R alone, no C-wide accumulator (64-row wgmma tiles);
+    "dquery": X - R·Y directly, as sum w·(dw - R)·mk with R from RROW, one accumulator.
+    With cosine similarity the dquery pass reads no value tile: the values are the unit keys
+    times the slot norms MNORM, so g·mv = (g·mk)·|m| (one C-wide tile fewer, which keeps its
+    wgmma tiles from spilling).
+    """
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
     scale = tl.load(PARAMS)
@@ -240,12 +251,17 @@ def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, P
     inv_s = 1.0 / tl.maximum(s_row, 1e-12)
     if SHRINK:
         d_row = tl.where(s_row >= 1e-12, d_row, 0.0)
+    if PASS == "dquery":
+        r_row = tl.load(RROW + offs_q, mask=mask_q, other=0.0)
     n_start = pid_s * n_per_split
     n_end = tl.minimum(n_start + n_per_split, N)
     zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
-    x_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
-    y_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
-    r_acc = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    if PASS != "row_term":
+        x_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    if PASS == "fused":
+        y_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    if PASS != "dquery":
+        r_acc = tl.zeros([BLOCK_Q], dtype=scale.dtype)
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_end
@@ -253,20 +269,32 @@ def _bwd_query_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, PART_X, PART_Y, PART_R, P
         mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         if SHARED_KV:  # dot similarity: keys and values are the same memory tile
             mv = mk
-        else:
+        elif PASS != "dquery":
             mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
         w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
-        gm = _mm(g, tl.trans(mv), zero, PREC, UPCAST)
+        if PASS == "dquery" and not SHARED_KV:
+            norm = tl.load(MNORM + offs_n, mask=mask_n, other=0.0)
+            gm = _mm(g, tl.trans(mk), zero, PREC, UPCAST) * norm[None, :]
+        else:
+            gm = _mm(g, tl.trans(mv), zero, PREC, UPCAST)
         a, dw = _dlogit_terms(w, gm, lam, gam[:, None], inv_s[:, None], d_row[:, None], SHRINK)
-        wdw = tl.where(mask_n[None, :], w * dw, 0.0)
-        x_acc = _mm(wdw.to(mk.dtype), mk, x_acc, PREC, UPCAST)
-        y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
-        r_acc += tl.sum(wdw, 1)
+        if PASS == "dquery":
+            ds = tl.where(mask_n[None, :], w * (dw - r_row[:, None]), 0.0)
+            x_acc = _mm(ds.to(mk.dtype), mk, x_acc, PREC, UPCAST)
+        else:
+            wdw = tl.where(mask_n[None, :], w * dw, 0.0)
+            if PASS == "fused":
+                x_acc = _mm(wdw.to(mk.dtype), mk, x_acc, PREC, UPCAST)
+                y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
+            r_acc += tl.sum(wdw, 1)
     part = pid_s * Q + offs_q
-    tl.store(PART_X + part[:, None] * C + offs_c[None, :], x_acc, mask=mask_qc)
-    tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc, mask=mask_qc)
-    tl.store(PART_R + part, r_acc, mask=mask_q)
+    if PASS != "row_term":
+        tl.store(PART_X + part[:, None] * C + offs_c[None, :], x_acc, mask=mask_qc)
+    if PASS == "fused":
+        tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc, mask=mask_qc)
+    if PASS != "dquery":
+        tl.store(PART_R + part, r_acc, mask=mask_q)
 
 
 @triton.jit
@@ -359,15 +387,18 @@ class Tiles(NamedTuple):
 # wgmma if any does (64 rows per warpgroup; the others get mma.sync, Hopper's slower
 # tensor-core path), then the largest; where none is spill-free, the least spilling (its
 # KNOWN_SPILLS lists them). The larger candidates spill kilobytes, or exceed shared memory,
-# which fails the launch. At C = 256 only the 16-bit forward finds a spill-free wgmma tile:
-# the backward kernels hold two C-wide float32 accumulators per row. Their speed is not yet
-# timed on a GPU (bench/tune_triton_tiles.py, a step of bench/gpu_check.sh).
+# which fails the launch. At C = 256 the fused query-major backward and the memory-major
+# backward find no spill-free wgmma tile: they hold two C-wide float32 accumulators per row
+# (hence _ROW_TERM_FIRST below). Their speed is not yet timed on a GPU
+# (bench/tune_triton_tiles.py, a step of bench/gpu_check.sh).
 _TILES = {
     "16-bit": {  # bfloat16 / float16 on tensor cores
         "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (64, 32, 8, 2),
                     512: (32, 16, 8, 1)},
         "backward_query": {64: (64, 64, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2),
                            512: (16, 16, 8, 1)},
+        "backward_row_term": {256: (64, 32, 8, 2)},
+        "backward_dquery": {256: (64, 32, 8, 2)},
         "backward_memory": {64: (16, 64, 8, 2), 128: (16, 64, 8, 2), 256: (32, 32, 8, 1),
                             512: (16, 16, 8, 1)},
     },
@@ -376,6 +407,8 @@ _TILES = {
                     512: (16, 16, 8, 1)},
         "backward_query": {64: (64, 64, 4, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2),
                            512: (16, 16, 8, 1)},
+        "backward_row_term": {256: (64, 16, 8, 2)},
+        "backward_dquery": {256: (64, 32, 8, 2)},
         "backward_memory": {64: (16, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
                             512: (16, 16, 8, 1)},
     },
@@ -396,6 +429,13 @@ _TILES = {
     "float64": {kernel: {256: (16, 16, 8, 1)}
                 for kernel in ("forward", "backward_query", "backward_memory")},
 }
+# Where the query-major backward takes two sweeps, R first ("row_term", then "dquery" with
+# one C-wide accumulator; see _bwd_query_kernel), rather than one "fused" sweep with two:
+# where the fused sweep's tiles are too small for wgmma and both passes' tiles use it. That
+# is 5 units of matrix work instead of 4 (the row-term pass computes the logits and g·mv
+# once more), at Hopper's faster instruction; bench/tune_triton_tiles.py times the plans.
+# Elsewhere the two passes, when asked for, take the fused sweep's tiles: they hold less.
+_ROW_TERM_FIRST = {("16-bit", 256), ("tf32", 256)}
 # (operand type, kernel, BLOCK_C) -> stack bytes per thread that the pick may spill, in some
 # launch variant, where no candidate was spill-free (measured with Triton 3.6 and 3.8, with
 # headroom); bench/triton_resources.py --check holds every other pick to 128 bytes. float32
@@ -429,15 +469,36 @@ def unsupported_reason(dtype: torch.dtype, channels: int, device: torch.device) 
     return None
 
 
+def _fitting_width(table, block_c):
+    fitting = [width for width in sorted(table) if width >= block_c]
+    return fitting[0] if fitting else max(table)
+
+
 def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device,
                 precision: str = "ieee") -> Tiles:
     """Tile shape and launch settings for one kernel ("forward", "backward_query",
-    "backward_memory") at padded channel count block_c (see _TILES)."""
+    "backward_row_term", "backward_dquery", "backward_memory") at padded channel count
+    block_c (see _TILES)."""
     if device.type == "cpu":  # the interpreter runs whole tiles in numpy: larger is faster
         return Tiles(32, 64, 4, 1)
-    table = _TILES[_operand_type(dtype, precision)][kernel]
-    fitting = [width for width in sorted(table) if width >= block_c]
-    return Tiles(*table[fitting[0] if fitting else max(table)])
+    tables = _TILES[_operand_type(dtype, precision)]
+    table = tables.get(kernel, {})
+    if (kernel in ("backward_row_term", "backward_dquery")
+            and _fitting_width(tables["backward_query"], block_c) not in table):
+        table = tables["backward_query"]  # the two-sweep passes hold less than the fused one
+    return Tiles(*table[_fitting_width(table, block_c)])
+
+
+def backward_query_plan(block_c: int, dtype: torch.dtype, device: torch.device,
+                        precision: str = "ieee") -> str:
+    """How the query-major backward runs: "fused" (one sweep) or "row_term_first" (two
+    sweeps; see _ROW_TERM_FIRST). The interpreter runs the fused sweep; the tests ask for
+    both."""
+    if device.type == "cpu":
+        return "fused"
+    operand = _operand_type(dtype, precision)
+    width = _fitting_width(_TILES[operand]["backward_query"], block_c)
+    return "row_term_first" if (operand, width) in _ROW_TERM_FIRST else "fused"
 
 
 def _launch_meta(kernel, block_c, dtype, device, **constants):
@@ -601,6 +662,43 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
     return read, entropy, stats
 
 
+def _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params, constants,
+                 pass_name, r_row=None):
+    """One launch of _bwd_query_kernel (split over the slots when the query blocks are few)
+    and the combine of its partial sums: (X - R·Y or None, R or None)."""
+    q, c = query.shape
+    n = memory.shape[0]
+    acc_dtype = _acc_dtype(query.dtype)
+    kernel = {"fused": "backward_query", "row_term": "backward_row_term",
+              "dquery": "backward_dquery"}[pass_name]
+    tiles, meta = _launch_meta(kernel, _block_c(c), query.dtype, query.device, PASS=pass_name,
+                               **constants)
+    q_blocks = triton.cdiv(q, tiles.block_q)
+    splits = plan_splits(q_blocks, n, tiles.block_n, query.device)
+    n_per_split = triton.cdiv(triton.cdiv(n, splits), tiles.block_n) * tiles.block_n
+    splits = triton.cdiv(n, n_per_split)
+    empty = stats.new_empty(0)
+    # The dquery pass with cosine similarity: values = unit keys · slot norms (the kernel).
+    memory_norms = empty
+    if pass_name == "dquery" and not constants["SHARED_KV"]:
+        memory_norms = memory.to(acc_dtype).norm(dim=1).clamp_min(EPS)
+    part_x = empty if pass_name == "row_term" else torch.empty((splits, q, c), dtype=acc_dtype,
+                                                               device=query.device)
+    part_y = torch.empty_like(part_x) if pass_name == "fused" else empty
+    part_r = empty if pass_name == "dquery" else torch.empty((splits, q), dtype=acc_dtype,
+                                                             device=query.device)
+    _launch(_bwd_query_kernel, (q_blocks, splits),
+            zq, mk, memory, memory_norms, grad_read, gam, stats, d_row,
+            empty if r_row is None else r_row,
+            part_x, part_y, part_r, params, q, n, c, n_per_split, **meta)
+    if pass_name == "row_term":
+        return None, part_r.sum(dim=0)
+    if pass_name == "dquery":
+        return part_x.sum(dim=0), None
+    r_sum = part_r.sum(dim=0)
+    return part_x.sum(dim=0) - r_sum[:, None] * part_y.sum(dim=0), r_sum
+
+
 @triton_op("memae_fused::triton_memory_read_bwd", mutates_args=())
 def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
                            query: torch.Tensor, memory: torch.Tensor, read: torch.Tensor,
@@ -622,22 +720,18 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     d_row = ((grad_read.to(acc_dtype) * read.to(acc_dtype)).sum(dim=1)
              + gam * (entropy.to(acc_dtype) - stats[3])).contiguous()
 
-    tiles, meta = _launch_meta("backward_query", _block_c(c), query.dtype, query.device,
-                               **constants)
-    q_blocks = triton.cdiv(q, tiles.block_q)
-    splits = plan_splits(q_blocks, n, tiles.block_n, query.device)
-    n_per_split = triton.cdiv(triton.cdiv(n, splits), tiles.block_n) * tiles.block_n
-    splits = triton.cdiv(n, n_per_split)
-    part_x = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
-    part_y = torch.empty_like(part_x)
-    part_r = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
-    _launch(_bwd_query_kernel, (q_blocks, splits),
-            zq, mk, memory, grad_read, gam, stats, d_row, part_x, part_y, part_r, params,
-            q, n, c, n_per_split, **meta)
-    r_row = part_r.sum(dim=0)
-    grad_zq = (part_x.sum(dim=0) - r_row[:, None] * part_y.sum(dim=0)) / temperature
+    block_c = _block_c(c)
+    if backward_query_plan(block_c, query.dtype, query.device, constants["PREC"]) == "fused":
+        grad_zq, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row,
+                                      params, constants, "fused")
+    else:
+        _, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
+                                constants, "row_term")
+        grad_zq, _ = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
+                                  constants, "dquery", r_row)
+    grad_zq = grad_zq / temperature
 
-    tiles, meta = _launch_meta("backward_memory", _block_c(c), query.dtype, query.device,
+    tiles, meta = _launch_meta("backward_memory", block_c, query.dtype, query.device,
                                **constants)
     n_blocks = triton.cdiv(n, tiles.block_n)
     q_splits = plan_splits(n_blocks, q, tiles.block_q, query.device)

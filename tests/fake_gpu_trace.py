@@ -93,6 +93,8 @@ def trace_case(shape, dtype, cosine, shrink_thres):
                 "grid": [list(g) for g in node.kwargs["grid"]],
                 "split": args.get("SPLIT"),  # the forward kernel's mode; None elsewhere
                 "shared_kv": args.get("SHARED_KV"),
+                "pass": args.get("PASS"),  # the query-major backward's pass; None elsewhere
+                "block_n": args.get("BLOCK_N"),
                 "written": sorted(node.kwargs["tensors_to_clone"]),
             })
         elif str(node.target).startswith("memae_fused."):

@@ -43,7 +43,10 @@ def test_bench_suite_fast_mode_and_report(tmp_path):
     tune_json.write_text(json.dumps({"device": "test", "torch": "t", "triton": "t", "rows": [
         dict(kernel="forward", q=16, n=32, c=8, dtype="torch.bfloat16", tiles=tiles, ms=ms,
              default=default)
-        for tiles, ms, default in [([64, 32, 8, 2], 0.5, True), ([32, 64, 8, 2], 0.4, False)]]}))
+        for tiles, ms, default in [([64, 32, 8, 2], 0.5, True), ([32, 64, 8, 2], 0.4, False)]]
+        + [dict(kernel="backward_plan", q=16, n=32, c=8, dtype="torch.bfloat16", tiles=plan,
+                ms=ms, default=default)
+           for plan, ms, default in [("row_term_first", 0.9, True), ("fused", 1.8, False)]]}))
 
     out = tmp_path / "report"
     report = subprocess.run(
@@ -57,6 +60,7 @@ def test_bench_suite_fast_mode_and_report(tmp_path):
     assert "## Capacity" in text and "| cpp |" in text
     assert "| forward | 16 × 32 × 8 | bfloat16 | (32, 64, 8, 2) | 0.400 | 1.00 |" in text
     assert "| forward | 16 × 32 × 8 | bfloat16 | (64, 32, 8, 2) * | 0.500 | 1.25 |" in text
+    assert "| backward_plan | 16 × 32 × 8 | bfloat16 | fused | 1.800 | 2.00 |" in text
     assert "median ms" in report.stdout
     try:
         import matplotlib  # noqa: F401
@@ -75,7 +79,10 @@ def test_tile_tuning_candidates_come_from_the_committed_sweeps(monkeypatch):
     from memae_fused import triton_memory
 
     gpu = torch.device("cuda")
-    for kernel in tune_triton_tiles.KERNELS:
+    for plan in tune_triton_tiles.PLANS:
+        assert tune_triton_tiles.kernels(plan)[0] == "backward_plan"  # the plans timed first
+    for kernel in ("forward", "backward_query", "backward_row_term", "backward_dquery",
+                   "backward_memory"):
         pick = triton_memory.tile_config(kernel, 256, torch.bfloat16, gpu)
         shapes = tune_triton_tiles.candidates(kernel, "bfloat16", 256, pick)
         assert shapes[0] == pick and len(shapes) == len(set(shapes)) > 2, (kernel, shapes)

@@ -91,6 +91,30 @@ def test_split_paths_match_reference(monkeypatch, similarity, shrink_factor):
     assert_matches(want, got, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("shrink_factor", [0.0, 3.0])
+def test_row_term_first_plan_matches_reference(monkeypatch, similarity, shrink_factor, splits):
+    # The query-major backward in two sweeps (R, then d(query) with R known), as the GPU runs
+    # it at C = 256 in 16-bit and TF32; unsplit and split over N.
+    monkeypatch.setattr(triton_memory, "backward_query_plan", lambda *args: "row_term_first")
+    monkeypatch.setattr(triton_memory, "plan_splits", lambda blocks, length, block, dev: splits)
+    want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
+                            dtype=torch.float64)
+    assert_matches(want, got, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_both_backward_plans_at_256_channels_in_bf16(monkeypatch, plan, similarity):
+    # The performance shapes' width, in bfloat16, judged by eager bf16's error: on a GPU this
+    # runs the picked tiles of either plan.
+    monkeypatch.setattr(triton_memory, "backward_query_plan", lambda *args: plan)
+    want, got, eager = run_both(70, 200, 256, similarity=similarity, shrink_factor=2.0,
+                                dtype=torch.bfloat16)
+    assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
+
+
 def test_split_plan_fills_the_sms_in_fewest_waves(monkeypatch):
     # On an H100/H200 (132 SMs, one program per SM at the picked tiles) programs run in waves
     # of 132; the plan takes the split with the fewest waves per unit of work.
@@ -211,11 +235,13 @@ GPU_TILE_SHAPES = sorted({shape[:2] for kernels in triton_memory._TILES.values()
                           for widths in kernels.values() for shape in widths.values()})
 
 
+@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
 @pytest.mark.parametrize("block_q,block_n", sorted(set(GPU_TILE_SHAPES) | {(32, 128)}))
-def test_other_tile_shapes(monkeypatch, block_q, block_n):
+def test_other_tile_shapes(monkeypatch, block_q, block_n, plan):
     # The GPU's tile shapes differ from the interpreter's: masking must hold for each of them.
     monkeypatch.setattr(triton_memory, "tile_config",
                         lambda *args: triton_memory.Tiles(block_q, block_n, 4, 1))
+    monkeypatch.setattr(triton_memory, "backward_query_plan", lambda *args: plan)
     want, got, _ = run_both(70, 150, 24, similarity="dot", shrink_factor=2.0, dtype=torch.float64)
     assert_matches(want, got, **TOL[torch.float64])
 

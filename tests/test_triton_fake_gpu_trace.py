@@ -3,6 +3,7 @@ traces them on fake CUDA tensors for an sm_90 target). On a GPU, test_triton.py'
 test_compile_fullgraph_captures_the_op compiles them for real."""
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -13,15 +14,18 @@ import torch
 SCRIPT = pathlib.Path(__file__).with_name("fake_gpu_trace.py")
 
 def expected_writes(launch):
-    """What a kernel writes (the forward kernel by its SPLIT mode, the memory-major backward
-    by whether the keys are the values); the rest of its tensor arguments it only reads."""
+    """What a kernel writes (the forward kernel by its SPLIT mode, the query-major backward by
+    its pass, the memory-major backward by whether the keys are the values); the rest of its
+    tensor arguments it only reads."""
     kernel = launch["kernel"]
     if kernel == "_fwd_kernel":
         return {"PART_ACC", "PART_STATS"} if launch["split"] else {"READ", "ENT", "STATS"}
     if kernel == "_bwd_memory_kernel":
         return {"PART_DMK"} if launch["shared_kv"] else {"PART_DMK", "PART_DMV"}
-    return {"_row_max_sum_kernel": {"PART_MAX", "PART_SUM"},
-            "_bwd_query_kernel": {"PART_R", "PART_X", "PART_Y"}}[kernel]
+    if kernel == "_bwd_query_kernel":
+        return {"fused": {"PART_R", "PART_X", "PART_Y"}, "row_term": {"PART_R"},
+                "dquery": {"PART_X"}}[launch["pass"]]
+    return {"_row_max_sum_kernel": {"PART_MAX", "PART_SUM"}}[kernel]
 
 
 pytestmark = pytest.mark.skipif(
@@ -64,17 +68,29 @@ def test_launch_sequence_and_splits(traces):
         kernels = [launch["kernel"] for launch in record["launches"]]
         grids = {launch["kernel"]: launch["grid"][0] for launch in record["launches"]}
         split_forward = kernels[0] == "_row_max_sum_kernel"
+        # The query-major backward in two passes at C = 256 in 16-bit and TF32, else one.
+        two_pass = q != 300 and record["dtype"] != "float32"
+        query_passes = ["row_term", "dquery"] if two_pass else ["fused"]
         expected = (["_row_max_sum_kernel"] if split_forward else []) + [
-            "_fwd_kernel", "_bwd_query_kernel", "_bwd_memory_kernel"]
+            "_fwd_kernel", *["_bwd_query_kernel"] * len(query_passes), "_bwd_memory_kernel"]
         assert kernels == expected, _label(record)
+        query_launches = [launch for launch in record["launches"]
+                          if launch["kernel"] == "_bwd_query_kernel"]
+        assert [launch["pass"] for launch in query_launches] == query_passes, _label(record)
         forward = next(launch for launch in record["launches"] if launch["kernel"] == "_fwd_kernel")
         assert forward["split"] == split_forward, _label(record)
         if q == 16384:
             # Many queries fill the GPU unsplit.
             assert not split_forward and grids["_fwd_kernel"][0] >= sms, _label(record)
-            assert grids["_bwd_query_kernel"][1] == 1, _label(record)
+            assert all(launch["grid"][0][1] == 1 for launch in query_launches), _label(record)
         if q == 4:
             # One query block: the memory is split across the grid to fill the SMs (whole
             # tiles per split round the count down a little).
             assert split_forward and grids["_fwd_kernel"][1] >= 0.9 * sms, _label(record)
-            assert grids["_bwd_query_kernel"][1] >= 0.9 * sms, _label(record)
+            # The query-major passes: as few slot tiles per program as an even spread over
+            # every SM would give (splits take whole tiles, so wide tiles leave a few SMs idle
+            # at no cost in time).
+            for launch in query_launches:
+                tiles = math.ceil(n / launch["block_n"])
+                per_split = math.ceil(tiles / launch["grid"][0][1])
+                assert per_split == math.ceil(tiles / sms), (_label(record), launch["pass"])
