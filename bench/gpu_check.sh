@@ -26,8 +26,9 @@
 # backend alone, bench/probe_backend.py: one that faults is left out of the benchmarks, which
 # it would otherwise take down), perf (the performance shapes, dtype per part), capacity
 # (bench/capacity.py: (65536, 100000, 256) bf16 forward + backward with each fused backend),
-# tune (bench/tune_triton_tiles.py: the Triton tile picks against the other candidates),
-# sweep (for the plot), report.
+# tune (bench/tune_triton_tiles.py: the two plans of the query-major backward against each
+# other, then the Triton tile picks against the other candidates), sweep (for the plot),
+# report.
 #
 # Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 360, all: 900),
 # GPU_CHECK_STEPS (the steps to run, e.g. "tests perf"; default: the part's),
@@ -258,9 +259,10 @@ print(*memae_fused.available_backends(torch.device('$device')))") "
       "${capacity_args[@]}" --json "$OUT/capacity.json"
   fi
 
-  # Tile shapes: the committed picks against the other spill-free candidates (and, where no
-  # wgmma tile is spill-free, the least spilling one), bf16 at (16384, 2000, 256), each kernel
-  # on its own (bench/tune_triton_tiles.py). Before the sweep: what it finds decides the next
+  # The query-major backward's two plans against each other, then tile shapes: the committed
+  # picks against the other spill-free candidates (and, where no wgmma tile is spill-free,
+  # the least spilling one), bf16 at (16384, 2000, 256), each kernel on its own
+  # (bench/tune_triton_tiles.py). Before the sweep: what it finds decides the next
   # kernel work, the sweep only draws the plot.
   if wants tune && [ "$has_gpu" = 1 ] && [ "$TUNE_S" -gt 0 ]; then
     share=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S - $(wants sweep && echo 75 || echo 0) ))
