@@ -174,7 +174,10 @@ def test_all_rows_below_threshold_give_zeros():
     assert torch.equal(tm.grad, torch.zeros_like(tm.grad))
 
 
-def test_zero_rows_stay_finite():
+@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+def test_zero_rows_stay_finite(monkeypatch, plan):
+    # A zero memory row: the two-pass plan rebuilds its values as unit key times norm.
+    monkeypatch.setattr(triton_memory, "backward_query_plan", lambda *args: plan)
     query, memory, _ = draw_case(10, 30, 8, shrink_factor=0.0)
     query[3] = 0
     memory[7] = 0
@@ -191,7 +194,9 @@ def test_zero_rows_stay_finite():
         assert torch.isfinite(tq.grad).all() and torch.isfinite(tm.grad).all()
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+def test_gradcheck(monkeypatch, plan):
+    monkeypatch.setattr(triton_memory, "backward_query_plan", lambda *args: plan)
     query, memory, lam = draw_case(6, 11, 5, shrink_factor=2.0, temperature=0.3)
     tq = query.to(DEVICE).requires_grad_(True)
     tm = memory.to(DEVICE).requires_grad_(True)
