@@ -93,3 +93,38 @@ def test_tile_tuning_candidates_come_from_the_committed_sweeps(monkeypatch):
                                           triton_memory.tile_config("backward_query", 256,
                                                                     torch.bfloat16, gpu))
     assert shapes[1] == (64, 16, 8, 2), shapes
+
+
+def test_tile_tuning_main_times_both_plans_then_the_current_plans_kernels(monkeypatch, tmp_path):
+    """tune_triton_tiles.main's plan of work, which only a GPU would run, with the timing
+    stubbed: both backward plans first (timed even with no budget left), then the current
+    plan's kernels, each within its share of the budget, every timing written out."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import tune_triton_tiles
+    from memae_fused import triton_memory
+
+    timed = []
+
+    def fake_time(kernel, option, q, n, c, dtype):
+        timed.append((kernel, option))
+        return 2.0 if option == "fused" else 1.0
+
+    monkeypatch.setattr(tune_triton_tiles, "time_kernel", fake_time)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "stub")
+    out = tmp_path / "tune.json"
+    shape = ["--quick", "--shapes", "16384,2000,256", "--out", str(out)]
+    assert tune_triton_tiles.main(shape + ["--budget", "600"]) == 0
+    plan = triton_memory.backward_query_plan(256, torch.bfloat16, torch.device("cuda"))
+    assert timed[:2] == [("backward_plan", plan),
+                         ("backward_plan", next(p for p in tune_triton_tiles.PLANS if p != plan))]
+    assert [k for k in dict.fromkeys(kernel for kernel, _ in timed)] == list(
+        tune_triton_tiles.kernels(plan))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(timed) and rows[0]["tiles"] == plan and rows[0]["default"]
+    # With no budget, the plans are still timed and nothing else.
+    timed.clear()
+    assert tune_triton_tiles.main(shape + ["--budget", "0"]) == 0
+    assert [kernel for kernel, _ in timed] == ["backward_plan"] * 2
