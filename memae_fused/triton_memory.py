@@ -84,22 +84,10 @@ def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
 
 
 @triton.jit
-def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
-                        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                        PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
-    """Sweep 1 over one split of the slots: running max and sum of exp per query row."""
-    pid_q = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    scale = tl.load(PARAMS)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_c = tl.arange(0, BLOCK_C)
-    mask_q = offs_q < Q
-    mask_c = offs_c < C
-    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :],
-                 mask=mask_q[:, None] & mask_c[None, :], other=0.0)
-    n_start = pid_s * n_per_split
-    n_end = tl.minimum(n_start + n_per_split, N)
-    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+def _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """Sweep 1 over slots [n_start, n_end): running max m and sum l of exp(s - m) per row."""
     m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
     l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
     for n0 in range(n_start, n_end, BLOCK_N):
@@ -112,6 +100,28 @@ def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split
         m_new = tl.maximum(m_i, tl.max(s, 1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
         m_i = m_new
+    return m_i, l_i
+
+
+@triton.jit
+def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
+                        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                        PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+    """Sweep 1 over one split of the slots, for the host to combine across splits."""
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :],
+                 mask=mask_q[:, None] & mask_c[None, :], other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+    m_i, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                               BLOCK_Q, BLOCK_N, PREC, UPCAST)
     part = pid_s * Q + offs_q
     tl.store(PART_MAX + part, m_i, mask=mask_q)
     tl.store(PART_SUM + part, l_i, mask=mask_q)
@@ -147,19 +157,8 @@ def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
         row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
         row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
     else:
-        m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
-        l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
-        for n0 in range(n_start, n_end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < n_end
-            mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :],
-                         mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-            s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
-            s = tl.where(mask_n[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
-            m_i = m_new
-        row_max = m_i
+        row_max, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                                       BLOCK_Q, BLOCK_N, PREC, UPCAST)
         row_logl = tl.log(l_i)
 
     acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
