@@ -10,7 +10,11 @@
 # the first returns, while the machine is still warm:
 #   run(command="bash bench/gpu_check.sh 1", timeout_s=480,
 #       carry=["build/device/_C.abi3.so", "build/device/_C.stamp"])
-#   run(command="bash bench/gpu_check.sh 2", timeout_s=420, carry=<the same>)
+#   run(command="GPU_CHECK_SECONDS=<S> bash bench/gpu_check.sh 2", timeout_s=<S + 20>,
+#       carry=<the same>)
+# where S is the first call's lease.budget_left_s less 40 s, at most 360: the machine's start
+# counts against the 15 minutes too, so part 2 gets what part 1 leaves and still ends with
+# its report rather than being cut off.
 #
 # The tree it tests is a copy of the working tree as the device tool sends it (tracked and
 # untracked-not-ignored files). Environment: PYTHON312 (python3.12), VENV (.venv-device).

@@ -8,7 +8,8 @@
 #   1  (7 min): the GPU tests, the performance shapes in bfloat16, the capacity check;
 #   2  (6 min): the performance shapes in float32, the Triton tile timing, the sweep over N.
 # Part 1 holds what the issues judge first. Sent right after part 1 (within the 30 s the
-# machine stays warm), part 2 needs no second start; where part 1 shows a failure, fix it
+# machine stays warm), part 2 needs no second start; it gets GPU_CHECK_SECONDS from what the
+# lease has left (bench/device_rehearsal.sh says how). Where part 1 shows a failure, fix it
 # first and have part 2 run the failing tests again (GPU_CHECK_STEPS="tests perf sweep").
 # "all" runs every step in one go (15 min: more than one device call allows), for a machine
 # of your own. The report merges the parts: bench/report.py P1/bench-perf.json
