@@ -1,6 +1,6 @@
 """Benchmark settings: device, problem shapes, fast mode, rounds, time budget, machine info.
 
-Options (also settable by environment, for CI and bench/gpu_check.sh):
+Options (also settable by environment, for CI and bench/gpu/gpu_check.sh):
   --bench-fast      (BENCH_FAST=1)       tiny shapes, 1 warm-up and 2 timed rounds
   --bench-device    (BENCH_DEVICE)       auto | cpu | cuda  (auto: cuda when available)
   --bench-budget    (BENCH_BUDGET_S)     seconds; cases starting later are skipped, so that a
@@ -15,7 +15,7 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List
 
 import pytest
 import torch

@@ -7,7 +7,7 @@ writes <stem>.md (tables of ratios), <stem>.png (time and peak memory against N 
 sweep; needs matplotlib) and <stem>.json (the input runs merged), where <stem> is
 <date>-<HHMM UTC>-<device>-<device name>. --md/--png/--json name the files explicitly instead;
 --summary prints a short table; --stem prints the stem only; --capacity and --tune add the
-tables of bench/capacity.py and bench/tune_triton_tiles.py from their JSON.
+tables of bench/gpu/capacity.py and bench/gpu/tune_triton_tiles.py from their JSON.
 
 The report opens with the issues' performance targets (TARGETS below: speed-ups over eager
 and torch.compile, the forward against SDPA, cuda against triton, the CPU kernel's speed and
@@ -323,7 +323,7 @@ def target_rows(benchmarks):
 
 
 def capacity_target_rows(capacity):
-    """Issue 3's memory target from bench/capacity.py's results: each fused backend runs the
+    """Issue 3's memory target from bench/gpu/capacity.py's results: each fused backend runs the
     largest problem (finite outputs) on a device where eager python_ref's peak does not fit."""
     if capacity.get("device_memory_bytes") is None:
         return []  # the CPU check of the script
@@ -361,17 +361,17 @@ def targets_markdown(benchmarks, capacity=None):
 
 
 def capacity_markdown(capacity):
-    """The table bench/capacity.py wrote into its JSON."""
+    """The table bench/gpu/capacity.py wrote into its JSON."""
     return ["## Capacity", "", capacity["table"], ""]
 
 
 def tune_markdown(path):
-    """bench/tune_triton_tiles.py's timings: the backward plans, then each kernel's tile
+    """bench/gpu/tune_triton_tiles.py's timings: the backward plans, then each kernel's tile
     shapes, fastest first."""
     with open(path) as fh:
         tune = json.load(fh)
     lines = ["## Triton tile shapes timed", "",
-             f"bench/tune_triton_tiles.py on {tune.get('device')}, torch {tune.get('torch')}, "
+             f"bench/gpu/tune_triton_tiles.py on {tune.get('device')}, torch {tune.get('torch')}, "
              f"Triton {tune.get('triton')}; tiles = (BLOCK_Q, BLOCK_N, warps, stages), "
              "* = tile_config's pick when timed. backward_plan: the whole backward with the "
              "query-major backward in one fused sweep or R first, each with its picked "
@@ -481,8 +481,8 @@ def main(argv=None):
     ap.add_argument("--md")
     ap.add_argument("--png")
     ap.add_argument("--json-out", dest="json_out")
-    ap.add_argument("--capacity", help="bench/capacity.py's JSON: its table goes in the report")
-    ap.add_argument("--tune", help="bench/tune_triton_tiles.py's JSON: its timings go in the report")
+    ap.add_argument("--capacity", help="bench/gpu/capacity.py's JSON: its table goes in the report")
+    ap.add_argument("--tune", help="bench/gpu/tune_triton_tiles.py's JSON: its timings go in the report")
     ap.add_argument("--summary", action="store_true", help="print a short table")
     ap.add_argument("--stem", action="store_true", help="print the file stem and exit")
     args = ap.parse_args(argv)

@@ -128,8 +128,11 @@ def case_function(case, settings, problem):
     if case == "triton" and settings.device == "cpu":
         return None, "triton runs on the CPU only under its interpreter, which is not timed"
     reason = memae_backends.unavailable_reason(case, torch.device(settings.device))
-    if case == "triton" and reason is None and memae_backends.triton_interpret_enabled():
-        reason = "TRITON_INTERPRET is set: the interpreter is not timed"
+    if case == "triton" and reason is None:
+        from memae_fused.backends.triton import triton_interpret_enabled
+
+        if triton_interpret_enabled():
+            reason = "TRITON_INTERPRET is set: the interpreter is not timed"
     if reason is not None:
         return None, f"backend {case!r} unavailable: {reason}"
     return fused_read(case), None

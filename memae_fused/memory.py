@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from memae_fused.ops import SIMILARITIES, check_arguments, memory_read
+from memae_fused.ops import check_arguments, memory_read
 
 
 class MemoryOutput(dict):

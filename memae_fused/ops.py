@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from memae_fused import backends
-from memae_fused.eager import attention
+from memae_fused.backends.eager import attention
 
 SIMILARITIES = ("cosine", "dot")
 

@@ -1,0 +1,158 @@
+"""Videos as the models see them: frame sequences (in memory, image files or video files),
+a data set of normal training and labelled test videos, and the clips cut from them.
+
+Frames are kept as uint8 grayscale (T, H, W) at the requested size; clips handed to models
+are float32 (1, T, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+Size = Tuple[int, int]  # (height, width)
+
+
+def natural_key(path: Union[Path, str]):
+    """Sort key that puts 2.jpg before 10.jpg (zero-padded names sort as usual)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", Path(path).name)]
+
+
+class Video:
+    """A named sequence of grayscale frames."""
+
+    name: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def frames(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """uint8 (stop - start, H, W)."""
+        raise NotImplementedError
+
+
+class ArrayVideo(Video):
+    def __init__(self, name: str, frames: np.ndarray):
+        if frames.ndim != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W), got {frames.dtype} {frames.shape}")
+        self.name, self._frames = name, frames
+
+    def __len__(self):
+        return len(self._frames)
+
+    def frames(self, start=0, stop=None):
+        return self._frames[start:stop]
+
+
+def _to_gray(image, size: Size) -> np.ndarray:
+    from PIL import Image
+
+    if image.mode != "L":
+        image = image.convert("L")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class ImageFolderVideo(Video):
+    """Frames stored as image files, read (and resized) on demand."""
+
+    def __init__(self, name: str, paths: Sequence[Path], size: Size):
+        self.name, self.paths, self.size = name, list(paths), size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def frames(self, start=0, stop=None):
+        from PIL import Image
+
+        out = []
+        for path in self.paths[start:stop]:
+            try:
+                with Image.open(path) as image:
+                    out.append(_to_gray(image, self.size))
+            except OSError as exc:
+                raise OSError(f"cannot read frame {path}: {exc}") from exc
+        return np.stack(out) if out else np.zeros((0, *self.size), np.uint8)
+
+
+class VideoFileVideo(Video):
+    """A video file (.avi, .mp4, ...) decoded with PyAV on first use and kept in memory
+    (frames x H x W bytes), since random clip access into a compressed stream is slow."""
+
+    def __init__(self, name: str, path: Path, size: Size):
+        self.name, self.path, self.size = name, Path(path), size
+        self._frames: Optional[np.ndarray] = None
+
+    def _decoded(self) -> np.ndarray:
+        if self._frames is None:
+            import av
+
+            try:
+                with av.open(str(self.path)) as container:
+                    frames = [_to_gray(f.to_image(), self.size)
+                              for f in container.decode(video=0)]
+            except (av.error.FFmpegError, ValueError, IndexError) as exc:
+                raise OSError(f"cannot decode video {self.path}: {exc}") from exc
+            if not frames:
+                raise ValueError(f"video {self.path} has no frames")
+            self._frames = np.stack(frames)
+        return self._frames
+
+    def __len__(self):
+        return len(self._decoded())
+
+    def frames(self, start=0, stop=None):
+        return self._decoded()[start:stop]
+
+    def __getstate__(self):
+        # DataLoader workers decode their own copy rather than receive a pickled one.
+        return {**self.__dict__, "_frames": None}
+
+
+@dataclass
+class VideoDataset:
+    """Training videos (all normal) and test videos with per-frame labels (1 = anomalous).
+    kinds: the anomaly type of every test video, where known (the synthetic set)."""
+
+    name: str
+    train: List[Video]
+    test: List[Video]
+    labels: List[np.ndarray]
+    kinds: Optional[List[str]] = None
+
+    def __post_init__(self):
+        if len(self.labels) != len(self.test):
+            raise ValueError(f"{len(self.test)} test videos but {len(self.labels)} label arrays")
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Every clip of clip_len consecutive frames (starts `stride` apart) of the given videos,
+    as float32 (1, clip_len, H, W) in [-1, 1]."""
+
+    def __init__(self, videos: Sequence[Video], clip_len: int, stride: int = 1):
+        if clip_len < 1 or stride < 1:
+            raise ValueError(f"clip_len and stride must be >= 1, got {clip_len}, {stride}")
+        self.videos, self.clip_len = list(videos), clip_len
+        self.index = [(vi, s) for vi, v in enumerate(self.videos)
+                      for s in range(0, len(v) - clip_len + 1, stride)]
+        if not self.index:
+            longest = max((len(v) for v in self.videos), default=0)
+            raise ValueError(f"no video has {clip_len} frames (longest: {longest})")
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        vi, start = self.index[i]
+        return frames_to_tensor(self.videos[vi].frames(start, start + self.clip_len))
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W) -> float32 (1, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0).unsqueeze(0)

@@ -1,0 +1,279 @@
+"""Evaluation as in the paper: the reconstruction error of the clip centred on each frame,
+a per-video regularity score p = 1 - (e - min e) / (max e - min e), and frame-level AUROC
+over all test videos (and per anomaly type where the data set names them).
+
+Each clip's error is the mean over pixels of the per-pixel L2 norm over channels of
+(input - reconstruction) on frames in [-1, 1] (the released code's measure); it is assigned
+to frame start + clip_len // 2. Frames no clip is centred on (the first clip_len // 2 and the
+last clip_len - 1 - clip_len // 2 of each video) get no score and are left out of the AUC.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from memae_fused.anomaly.data import ClipDataset, VideoDataset, frames_to_tensor
+from memae_fused.anomaly.models import MemAE
+from memae_fused.anomaly.train import autocast
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve (higher score = more anomalous, label 1 = anomalous), by the
+    Mann-Whitney rank statistic; ties count one half. NaN when a class is missing."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_curve(scores, labels):
+    """(false-positive rates, true-positive rates), one point per distinct threshold, from
+    (0, 0) to (1, 1)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    last_of_group = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
+    tps = np.cumsum(labels)[last_of_group]
+    fps = np.cumsum(~labels)[last_of_group]
+    n_pos, n_neg = max(labels.sum(), 1), max((~labels).sum(), 1)
+    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
+
+
+def regularity(errors: np.ndarray) -> np.ndarray:
+    """p = 1 - (e - min e) / (max e - min e) over the scored (non-NaN) frames; 1 everywhere
+    when all errors are equal."""
+    scored = errors[~np.isnan(errors)]
+    if scored.size == 0:
+        return errors.copy()
+    low, span = scored.min(), scored.max() - scored.min()
+    return 1.0 - (errors - low) / span if span > 0 else np.where(np.isnan(errors), np.nan, 1.0)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def video_errors(model: MemAE, frames: np.ndarray, clip_len: int, batch_size: int,
+                 device, amp: str = "none") -> np.ndarray:
+    """Per-frame error (NaN where no clip is centred) of one video's uint8 (T, H, W) frames."""
+    errors = np.full(len(frames), np.nan)
+    video = frames_to_tensor(frames)  # (1, T, H, W)
+    starts = list(range(len(frames) - clip_len + 1))
+    for i in range(0, len(starts), batch_size):
+        batch = starts[i:i + batch_size]
+        x = torch.stack([video[:, s:s + clip_len] for s in batch]).to(device)
+        with autocast(device, amp):
+            recon = model(x).recon
+        err = (recon.float() - x).pow(2).sum(dim=1).sqrt().flatten(1).mean(dim=1)
+        errors[np.asarray(batch) + clip_len // 2] = err.cpu().numpy()
+    return errors
+
+
+@torch.no_grad()
+def addressing_stats(model: MemAE, clips: torch.Tensor) -> Optional[Dict[str, float]]:
+    """How the memory is addressed on a batch of clips: non-zero weights per query, the
+    fraction of all-zero rows (queries reading nothing), slots any query uses, and the
+    effective number of slots (exp of the entropy of the summed weights). None without memory."""
+    if model.memory is None:
+        return None
+    att = model(clips, return_att=True).att.float()
+    weights = att.movedim(1, -1).reshape(-1, att.shape[1])
+    nonzero = (weights > 0).sum(dim=1).double()
+    used = weights.sum(dim=0)
+    share = used[used > 0] / used.sum() if used.sum() > 0 else used[:0]
+    return {
+        "queries": weights.shape[0],
+        "num_slots": weights.shape[1],
+        "nonzero_per_query_mean": nonzero.mean().item(),
+        "nonzero_per_query_max": int(nonzero.max().item()),
+        "empty_row_fraction": (nonzero == 0).double().mean().item(),
+        "max_weight_mean": weights.max(dim=1).values.double().mean().item(),
+        "slots_used": int((used > 0).sum().item()),
+        "slots_used_fraction": (used > 0).double().mean().item(),
+        "effective_slots": float(torch.exp(-(share * share.log()).sum()).item()) if share.numel() else 0.0,
+    }
+
+
+def _pooled(values: List[np.ndarray], labels: List[np.ndarray], indices):
+    scores = np.concatenate([values[i] for i in indices])
+    truth = np.concatenate([labels[i] for i in indices])
+    keep = ~np.isnan(scores)
+    return scores[keep], truth[keep]
+
+
+def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device="cpu",
+             batch_size: int = 16, amp: str = "none", plots: bool = True,
+             progress: bool = True, address_clips: int = 16, extra: Optional[dict] = None) -> dict:
+    """Score every test frame, compute AUROCs, write out_dir/results.json, scores.npz and
+    (plots=True) regularity.png, roc.png, examples.png. Returns the results dict."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    started = time.time()
+    errors = []
+    for video in tqdm(dataset.test, desc="scoring test videos", disable=None if progress else True,
+                      leave=False):
+        errors.append(video_errors(model, video.frames(), clip_len, batch_size, device, amp))
+    anomaly = [1.0 - regularity(e) for e in errors]
+    labels = [np.asarray(l, dtype=np.uint8) for l in dataset.labels]
+    everything = range(len(errors))
+    results = {
+        "dataset": dataset.name,
+        "variant": model.config.variant,
+        "clip_len": clip_len,
+        "test_videos": len(errors),
+        "frames": int(sum(len(e) for e in errors)),
+        "frames_scored": int(sum((~np.isnan(e)).sum() for e in errors)),
+        "auc": auroc(*_pooled(anomaly, labels, everything)),
+        "auc_raw_error": auroc(*_pooled(errors, labels, everything)),
+    }
+    if dataset.kinds is not None:
+        results["auc_by_kind"] = {
+            kind: auroc(*_pooled(anomaly, labels, [i for i, k in enumerate(dataset.kinds) if k == kind]))
+            for kind in dict.fromkeys(dataset.kinds)}
+    results["per_video"] = [
+        {"name": v.name, "kind": dataset.kinds[i] if dataset.kinds else None,
+         "frames": len(v), "anomalous_frames": int(labels[i].sum()),
+         "auc": auroc(*_pooled(anomaly, labels, [i]))}
+        for i, v in enumerate(dataset.test)]
+    sample = ClipDataset(dataset.test, clip_len)
+    picks = np.linspace(0, len(sample) - 1, min(address_clips, len(sample))).round().astype(int)
+    clips = torch.stack([sample[i] for i in picks]).to(device)
+    with autocast(device, amp):
+        results["addressing"] = addressing_stats(model, clips)
+    results["seconds"] = time.time() - started
+    if extra:
+        results.update(extra)
+    np.savez_compressed(out_dir / "scores.npz",
+                        **{f"{v.name}/error": e for v, e in zip(dataset.test, errors)},
+                        **{f"{v.name}/label": l for v, l in zip(dataset.test, labels)})
+    if plots:
+        results["plots"] = _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir,
+                                  device, amp)
+    with open(out_dir / "results.json", "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _spans(labels: np.ndarray):
+    edges = np.diff(np.r_[0, labels.astype(np.int8), 0])
+    return zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0])
+
+
+def _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir: Path, device, amp):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = dataset.kinds or [None] * len(errors)
+    # One video per anomaly type first, then the rest, up to eight panels.
+    firsts = list(dict.fromkeys(kinds).keys())
+    shown = [kinds.index(k) for k in firsts]
+    shown += [i for i in range(len(errors)) if i not in shown]
+    shown = shown[:8]
+
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.8 * len(shown)), squeeze=False)
+    for ax, i in zip(axes[:, 0], shown):
+        ax.plot(1.0 - anomaly[i], color="tab:blue", lw=1.2)
+        for a, b in _spans(labels[i]):
+            ax.axvspan(a - 0.5, b - 0.5, color="tab:red", alpha=0.2, lw=0)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("regularity")
+        ax.set_title(f"{dataset.test[i].name}" + (f" ({kinds[i]})" if kinds[i] else ""), fontsize=9)
+    axes[-1, 0].set_xlabel("frame (anomalous frames shaded)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "regularity.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    groups = [("all", list(range(len(errors))))]
+    if dataset.kinds:
+        groups += [(k, [i for i, kk in enumerate(kinds) if kk == k]) for k in firsts]
+    for name, idx in groups:
+        scores, truth = _pooled(anomaly, labels, idx)
+        fpr, tpr = roc_curve(scores, truth)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auroc(scores, truth):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(f"{model.config.variant} on {dataset.name}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc.png", dpi=100)
+    plt.close(fig)
+
+    # Input, reconstruction and error map of the centre frame of the clip with the largest
+    # error inside an anomalous span, per shown video (up to four).
+    rows = []
+    for i in shown[:4]:
+        scored = np.where(~np.isnan(errors[i]) & (labels[i] > 0), errors[i], -np.inf)
+        if not np.isfinite(scored).any():
+            scored = np.nan_to_num(errors[i], nan=-np.inf)
+        centre = int(np.argmax(scored))
+        start = centre - clip_len // 2
+        x = frames_to_tensor(dataset.test[i].frames(start, start + clip_len))[None].to(device)
+        with torch.no_grad(), autocast(device, amp):
+            recon = model(x).recon.float()
+        k = clip_len // 2
+        rows.append((dataset.test[i].name, centre, x[0, :, k].cpu(), recon[0, :, k].clamp(-1, 1).cpu()))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+    for (name, centre, x, r), ax in zip(rows, axes):
+        err = (r - x).pow(2).sum(0).sqrt()
+        ax[0].imshow(x[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax[1].imshow(r[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax[2].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=2)
+        ax[0].set_ylabel(f"{name}\nframe {centre}", fontsize=8)
+        for a, title in zip(ax, ("input", "reconstruction", "|error|")):
+            a.set_title(title, fontsize=9)
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out_dir / "examples.png", dpi=100)
+    plt.close(fig)
+    return ["regularity.png", "roc.png", "examples.png"]
+
+
+def format_results(results: dict) -> str:
+    lines = [f"{results['variant']} on {results['dataset']}: frame-level AUROC {results['auc']:.4f} "
+             f"(raw error, no per-video normalisation: {results['auc_raw_error']:.4f}; "
+             f"{results['frames_scored']}/{results['frames']} frames scored)"]
+    for kind, value in results.get("auc_by_kind", {}).items():
+        lines.append(f"  {kind:>16}: {value:.4f}")
+    a = results.get("addressing")
+    if a:
+        lines.append(f"  memory addressing on {a['queries']} queries: {a['nonzero_per_query_mean']:.2f} "
+                     f"non-zero weights per query (max {a['nonzero_per_query_max']}), "
+                     f"{100 * a['empty_row_fraction']:.1f}% empty rows, "
+                     f"{a['slots_used']}/{a['num_slots']} slots used "
+                     f"({a['effective_slots']:.1f} effective), mean top weight {a['max_weight_mean']:.3f}")
+    return "\n".join(lines)

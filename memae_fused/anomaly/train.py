@@ -1,0 +1,262 @@
+"""Training: Adam on MSE + alpha * entropy over clips of the normal training videos, with
+per-epoch checkpoints that resume exactly, autocast, and DistributedDataParallel under torchrun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from memae_fused.anomaly.data import ClipDataset, DataConfig, VideoDataset, load_dataset
+from memae_fused.anomaly.models import MemAE, ModelConfig, build_model, memae_loss
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """epochs: total epochs (a resumed run continues up to it); clip_stride: frames between
+    the starts of training clips; amp: "none", "bf16" or "fp16" autocast (fp16 needs a GPU);
+    device: "auto" (the local GPU if any), "cpu", "cuda" or "cuda:N"."""
+
+    epochs: int = 60
+    batch_size: int = 12
+    lr: float = 1e-4
+    clip_len: int = 16
+    clip_stride: int = 1
+    amp: str = "none"
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
+        for name in ("epochs", "batch_size", "clip_len", "clip_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**d)
+
+
+# Settings that may change when resuming: they do not change what is computed.
+RUNTIME_FIELDS = ("epochs", "num_workers", "device", "progress")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def autocast(device: torch.device, amp: str):
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; use --amp bf16 on the CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this call initialised the process group and must destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _distributed_setup(device: torch.device) -> DistributedContext:
+    """torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; NCCL on GPUs, gloo on the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistributedContext()
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(),
+                              int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+
+def _checkpoint_state(model: MemAE, optimizer, scaler, epoch, model_cfg, data_cfg, train_cfg,
+                      history) -> dict:
+    return {
+        "format": 1,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "model_config": model_cfg.to_dict(),
+        "data_config": data_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "history": history,
+    }
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    # Write then rename, so an interrupted save never leaves a truncated checkpoint.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode on device, checkpoint dict) from a checkpoint written by train."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def _check_resumable(ckpt: dict, model_cfg, data_cfg, train_cfg, path: Path) -> None:
+    mismatched = []
+    if ckpt["model_config"] != model_cfg.to_dict():
+        mismatched.append("model")
+    if ckpt["data_config"] != data_cfg.to_dict():
+        mismatched.append("data")
+    saved = {k: v for k, v in ckpt["train_config"].items() if k not in RUNTIME_FIELDS}
+    given = {k: v for k, v in train_cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+    if saved != given:
+        mismatched.append("training")
+    if mismatched:
+        raise ValueError(f"cannot resume from {path}: its {' and '.join(mismatched)} settings "
+                         "differ from the ones given (only epochs, workers, device and progress "
+                         "may change); start a new --out folder to train with new settings")
+
+
+def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir,
+          resume: bool = False, dataset: Optional[VideoDataset] = None, log=print) -> dict:
+    """Train on dataset.train (loaded from data_cfg unless given) and write
+    out_dir/checkpoint.pt after every epoch and out_dir/train_log.jsonl. With resume=True and
+    a checkpoint in out_dir, continue from it; the result is the same as an uninterrupted run.
+    Returns a summary: the trained model, checkpoint path, epochs, last epoch's losses
+    (None when the checkpoint already had them all), seconds."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    device = resolve_device(train_cfg.device)
+    ctx = _distributed_setup(device)
+    if device.type == "cuda" and ctx.world_size > 1:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        ckpt_path = out_dir / CHECKPOINT_NAME
+        ckpt = None
+        if resume and ckpt_path.is_file():
+            ckpt = read_checkpoint(ckpt_path)
+            _check_resumable(ckpt, model_cfg, data_cfg, train_cfg, ckpt_path)
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(train_cfg.seed)
+        model = build_model(model_cfg).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+        scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.amp == "fp16")
+        start_epoch, history = 0, []
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+            if ctx.is_main:
+                log(f"resuming {ckpt_path} after epoch {start_epoch}")
+
+        dataset = dataset if dataset is not None else load_dataset(data_cfg)
+        clips = ClipDataset(dataset.train, train_cfg.clip_len, train_cfg.clip_stride)
+        # Seeded per epoch (seed + epoch), so a resumed run draws the same order.
+        sampler = DistributedSampler(clips, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=True, seed=train_cfg.seed)
+        # Dropping a ragged last batch keeps BatchNorm away from one-sample batches.
+        loader = DataLoader(clips, batch_size=train_cfg.batch_size, sampler=sampler,
+                            num_workers=train_cfg.num_workers,
+                            drop_last=len(sampler) > train_cfg.batch_size,
+                            pin_memory=device.type == "cuda",
+                            persistent_workers=train_cfg.num_workers > 0)
+        net = model
+        if ctx.world_size > 1:
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        alpha = model_cfg.effective_entropy_weight
+
+        if ctx.is_main:
+            params = sum(p.numel() for p in model.parameters())
+            log(f"training {model_cfg.variant} ({params / 1e6:.2f} M parameters) on "
+                f"{dataset.name}: {len(clips)} clips of {train_cfg.clip_len} frames, "
+                f"{len(loader)} batches of {train_cfg.batch_size} per epoch per process, "
+                f"{ctx.world_size} process(es) on {device.type}, amp={train_cfg.amp}")
+        started = time.time()
+        for epoch in range(start_epoch, train_cfg.epochs):
+            sampler.set_epoch(epoch)
+            net.train()
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, entropy, batches
+            epoch_start = time.time()
+            bar = tqdm(loader, desc=f"{model_cfg.variant} epoch {epoch + 1}/{train_cfg.epochs}",
+                       disable=None if train_cfg.progress and ctx.is_main else True,
+                       leave=False, dynamic_ncols=True)  # None: off when not a terminal
+            for x in bar:
+                x = x.to(device, non_blocking=True)
+                with autocast(device, train_cfg.amp):
+                    out = net(x)
+                    loss, recon, entropy = memae_loss(x, out, alpha)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                sums += torch.tensor([loss.item(), recon.item(), entropy.item(), 1.0],
+                                     dtype=torch.float64)
+                bar.set_postfix(loss=f"{loss.item():.5f}")
+            if ctx.world_size > 1:
+                dist.all_reduce(sums)
+            n = max(sums[3].item(), 1.0)
+            record = {"epoch": epoch + 1, "loss": sums[0].item() / n, "recon": sums[1].item() / n,
+                      "entropy": sums[2].item() / n, "seconds": time.time() - epoch_start}
+            history.append(record)
+            if ctx.is_main:
+                log(f"{model_cfg.variant} epoch {epoch + 1}/{train_cfg.epochs}  loss "
+                    f"{record['loss']:.5f}  recon {record['recon']:.5f}  entropy "
+                    f"{record['entropy']:.4f}  {record['seconds']:.1f} s")
+                with open(out_dir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(_checkpoint_state(model, optimizer, scaler, epoch + 1, model_cfg,
+                                                  data_cfg, train_cfg, history), ckpt_path)
+            if ctx.world_size > 1:
+                dist.barrier()
+        return {"model": model, "checkpoint": str(ckpt_path), "epochs": train_cfg.epochs,
+                "last_epoch": history[-1] if train_cfg.epochs > start_epoch else None,
+                "seconds": time.time() - started}
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()

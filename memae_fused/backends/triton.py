@@ -1,0 +1,791 @@
+"""Fused MemAE memory read in Triton: forward, backward and their torch.library wiring.
+
+Algorithm (docs/algorithm.md has the derivation). Per block of queries the forward sweeps
+the memory twice: sweep 1 keeps an online max m and sum l of exp of the logits (online
+softmax); sweep 2 recomputes the logits, forms w = exp((s - m) - log l), the hard shrinkage
+h, and accumulates sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and entropy then
+need only per-row scalars, so no Q x N tensor ever reaches device memory. The forward saves
+four numbers per row (m, log l, the shrink sum S and A' = sum a²/(a+eps)). m and log l are
+kept apart rather than as one logsumexp L = m + log l: rounding L (|L| up to 1/temperature)
+would cost every weight a relative error of ulp(L), which a near one-hot row, the usual
+MemAE case, turns into a large error in its entropy and gradients.
+
+The backward recomputes the logits, FlashAttention style. The per-row reduction
+D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
+outputs (the analogue of rowsum(dO∘O)). A query-major kernel then yields d(query) and the
+softmax row term R = sum_j w_j·dL/dw_j together: d(query) is linear in R, so it is
+accumulated as X - R·Y. Where those two C-wide accumulators leave room only for tiles too
+small for Hopper's wgmma (C = 256 in 16-bit and TF32), the kernel runs twice instead: R
+alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0 dL/dw is
+shifted by -D first, which leaves the gradients unchanged but makes R a small residual that
+cancels D's rounding (D comes from the rounded read, and 1/temperature would magnify its
+error in d(query)). A memory-major kernel recomputes the tiles once more with every row's
+m, l, S, D, R known and accumulates d(memory); neither kernel uses atomics, so the backward
+is deterministic.
+
+When there are too few query blocks to fill the GPU, the slots (forward, query-major
+backward) or the queries (memory-major backward) are split across programs and the partial
+sums combined with a few O((Q+N)·C) torch ops.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+EPS = 1e-12
+
+
+def triton_interpret_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    """None when these kernels can serve tensors on `device`, else why not."""
+    if device.type == "cuda" or (device.type == "cpu" and triton_interpret_enabled()):
+        return None
+    return (
+        f"triton kernels need CUDA tensors (got {device.type}); on the CPU they run only "
+        "under Triton's interpreter (set TRITON_INTERPRET=1 before starting Python)"
+    )
+
+
+@triton.jit
+def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # Triton's CPU interpreter gets 16-bit dots wrong, so under it they run in float32.
+    # out_dtype follows the accumulator: Triton 3.6 rejects a float64 acc with the default.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee",
+                      out_dtype=acc.dtype)
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+
+
+@triton.jit
+def _shrink(w, lam):
+    """h = relu(w - lam)·w / (|w - lam| + eps), written for w > lam only."""
+    u = w - lam
+    keep = (u > 0) | (u != u)  # a NaN weight is kept, so it propagates as in the reference
+    return tl.where(keep, w * u / (u + 1e-12), 0.0), u, keep
+
+
+@triton.jit
+def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
+    """Addressing weight a and dL/dw for one tile; gm = g·mv_j, row stats pre-broadcast.
+
+    For lam = 0, dL/dw comes back shifted by -D (softmax ignores a shift of dL/dw), so that
+    R = sum w·dw is a small residual that absorbs D's rounding.
+    """
+    if SHRINK:
+        h, u, keep = _shrink(w, lam)
+        a = h * inv_s
+        da = gm - gam * (tl.log(a + 1e-12) + a / (a + 1e-12))
+        up = u + 1e-12
+        dh_dw = tl.where(keep, u / up + w * 1e-12 / (up * up), 0.0)
+        dw = dh_dw * (da - d_row) * inv_s
+    else:
+        a = w
+        dw = gm - gam * (tl.log(w + 1e-12) + w / (w + 1e-12)) - d_row
+    return a, dw
+
+
+@triton.jit
+def _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """Sweep 1 over slots [n_start, n_end): running max m and sum l of exp(s - m) per row."""
+    m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
+    l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :],
+                     mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m_i = m_new
+    return m_i, l_i
+
+
+@triton.jit
+def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
+                        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                        PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+    """Sweep 1 over one split of the slots, for the host to combine across splits."""
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :],
+                 mask=mask_q[:, None] & mask_c[None, :], other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+    m_i, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                               BLOCK_Q, BLOCK_N, PREC, UPCAST)
+    part = pid_s * Q + offs_q
+    tl.store(PART_MAX + part, m_i, mask=mask_q)
+    tl.store(PART_SUM + part, l_i, mask=mask_q)
+
+
+@triton.jit
+def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
+                Q, N, C, n_per_split,
+                SHRINK: tl.constexpr, SPLIT: tl.constexpr,
+                BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+    """Sweeps 1 and 2 for one block of queries over one split of the slots.
+
+    Unsplit (SPLIT = False): runs sweep 1 itself and writes the final read, entropy and stats.
+    Split: takes m and log l from STATS and writes the partial sums of its slots for the host
+    to combine.
+    """
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    lam = tl.load(PARAMS + 1)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    mask_qc = mask_q[:, None] & mask_c[None, :]
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+
+    if SPLIT:
+        row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+        row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+    else:
+        row_max, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                                       BLOCK_Q, BLOCK_N, PREC, UPCAST)
+        row_logl = tl.log(l_i)
+
+    acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    # Row sums. Shrink: sum h, sum h·log h, #kept (h > 0).
+    # No shrink (a = w): unused, sum w·log(w + eps), sum w²/(w + eps) (= A').
+    sum_h = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    sum_hlogh = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    sum_third = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mask_nc = mask_n[:, None] & mask_c[None, :]
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        if SHARED_KV:  # dot similarity: keys and values are the same memory tile
+            mv = mk
+        else:
+            mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
+        if SHRINK:
+            h, u, keep = _shrink(w, lam)
+            sum_h += tl.sum(h, 1)
+            sum_hlogh += tl.sum(tl.where(keep, h * tl.log(tl.where(keep, h, 1.0)), 0.0), 1)
+            sum_third += tl.sum(keep.to(scale.dtype), 1)
+        else:
+            h = w
+            sum_hlogh += tl.sum(w * tl.log(w + 1e-12), 1)
+            sum_third += tl.sum(w * w / (w + 1e-12), 1)
+        acc = _mm(h.to(mv.dtype), mv, acc, PREC, UPCAST)
+
+    if SPLIT:
+        part = pid_s * Q + offs_q
+        tl.store(PART_ACC + part[:, None] * C + offs_c[None, :], acc, mask=mask_qc)
+        tl.store(PART_STATS + part, sum_h, mask=mask_q)
+        tl.store(PART_STATS + Q * tl.num_programs(1) + part, sum_hlogh, mask=mask_q)
+        tl.store(PART_STATS + 2 * Q * tl.num_programs(1) + part, sum_third, mask=mask_q)
+    else:
+        if SHRINK:
+            s_c = tl.maximum(sum_h, 1e-12)
+            frac = sum_h / s_c
+            ent = -sum_hlogh / s_c + frac * tl.log(s_c) - 1e-12 * frac * sum_third
+            aux = frac - 1e-12 * frac * sum_third
+            read = acc / s_c[:, None]
+        else:
+            sum_h = tl.full([BLOCK_Q], 1.0, dtype=scale.dtype)
+            ent = -sum_hlogh
+            aux = sum_third
+            read = acc
+        tl.store(READ + offs_q[:, None] * C + offs_c[None, :], read.to(READ.dtype.element_ty),
+                 mask=mask_qc)
+        tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
+        tl.store(STATS + offs_q, row_max, mask=mask_q)
+        tl.store(STATS + Q + offs_q, row_logl, mask=mask_q)
+        tl.store(STATS + 2 * Q + offs_q, sum_h, mask=mask_q)
+        tl.store(STATS + 3 * Q + offs_q, aux, mask=mask_q)
+
+
+@triton.jit
+def _bwd_query_kernel(ZQ, MK, MV, MNORM, G, GAM, STATS, DROW, RROW, PART_X, PART_Y, PART_R,
+                      PARAMS, Q, N, C, n_per_split,
+                      SHRINK: tl.constexpr, PASS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                      UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+    """Query-major backward sweep. PASS says what it accumulates per row:
+    "fused": X = sum w·dw·mk, Y = sum w·mk and R = sum w·dw, so d(query) = X - R·Y in one
+             sweep, at the price of two C-wide accumulators;
+    "row_term": R alone, no C-wide accumulator (64-row wgmma tiles);
+    "dquery": X - R·Y directly, as sum w·(dw - R)·mk with R from RROW, one accumulator.
+    With cosine similarity the dquery pass reads no value tile: the values are the unit keys
+    times the slot norms MNORM, so g·mv = (g·mk)·|m| (one C-wide tile fewer, which keeps its
+    wgmma tiles from spilling).
+    """
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    lam = tl.load(PARAMS + 1)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    mask_qc = mask_q[:, None] & mask_c[None, :]
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+    g = tl.load(G + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+    row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+    row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+    s_row = tl.load(STATS + 2 * Q + offs_q, mask=mask_q, other=1.0)
+    gam = tl.load(GAM + offs_q, mask=mask_q, other=0.0)
+    d_row = tl.load(DROW + offs_q, mask=mask_q, other=0.0)
+    inv_s = 1.0 / tl.maximum(s_row, 1e-12)
+    if SHRINK:
+        d_row = tl.where(s_row >= 1e-12, d_row, 0.0)
+    if PASS == "dquery":
+        r_row = tl.load(RROW + offs_q, mask=mask_q, other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+    if PASS != "row_term":
+        x_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    if PASS == "fused":
+        y_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+    if PASS != "dquery":
+        r_acc = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mask_nc = mask_n[:, None] & mask_c[None, :]
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        if SHARED_KV:  # dot similarity: keys and values are the same memory tile
+            mv = mk
+        elif PASS != "dquery":
+            mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
+        if PASS == "dquery" and not SHARED_KV:
+            norm = tl.load(MNORM + offs_n, mask=mask_n, other=0.0)
+            gm = _mm(g, tl.trans(mk), zero, PREC, UPCAST) * norm[None, :]
+        else:
+            gm = _mm(g, tl.trans(mv), zero, PREC, UPCAST)
+        a, dw = _dlogit_terms(w, gm, lam, gam[:, None], inv_s[:, None], d_row[:, None], SHRINK)
+        if PASS == "dquery":
+            ds = tl.where(mask_n[None, :], w * (dw - r_row[:, None]), 0.0)
+            x_acc = _mm(ds.to(mk.dtype), mk, x_acc, PREC, UPCAST)
+        else:
+            wdw = tl.where(mask_n[None, :], w * dw, 0.0)
+            if PASS == "fused":
+                x_acc = _mm(wdw.to(mk.dtype), mk, x_acc, PREC, UPCAST)
+                y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
+            r_acc += tl.sum(wdw, 1)
+    part = pid_s * Q + offs_q
+    if PASS != "row_term":
+        tl.store(PART_X + part[:, None] * C + offs_c[None, :], x_acc, mask=mask_qc)
+    if PASS == "fused":
+        tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc, mask=mask_qc)
+    if PASS != "dquery":
+        tl.store(PART_R + part, r_acc, mask=mask_q)
+
+
+@triton.jit
+def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV, PARAMS,
+                       Q, N, C, q_per_split,
+                       SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                       SHARED_KV: tl.constexpr):
+    """Memory-major backward: partial d(mk) = sum_i ds·zq and d(mv) = sum_i a·g per slot.
+
+    With dot similarity the keys are the values, so one accumulator takes both terms and
+    PART_DMK receives the slot's whole gradient (PART_DMV is not touched): a C-wide float32
+    accumulator less, which keeps the picked tiles from spilling.
+    """
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    lam = tl.load(PARAMS + 1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_n = offs_n < N
+    mask_c = offs_c < C
+    mask_nc = mask_n[:, None] & mask_c[None, :]
+    mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    if SHARED_KV:
+        mv = mk
+    else:
+        mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+    q_start = pid_s * q_per_split
+    q_end = tl.minimum(q_start + q_per_split, Q)
+    zero = tl.zeros([BLOCK_N, BLOCK_Q], dtype=scale.dtype)
+    dmk = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
+    if not SHARED_KV:
+        dmv = tl.zeros([BLOCK_N, BLOCK_C], dtype=scale.dtype)
+    for q0 in range(q_start, q_end, BLOCK_Q):
+        offs_q = q0 + tl.arange(0, BLOCK_Q)
+        mask_q = offs_q < q_end
+        mask_qc = mask_q[:, None] & mask_c[None, :]
+        zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+        g = tl.load(G + offs_q[:, None] * C + offs_c[None, :], mask=mask_qc, other=0.0)
+        row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+        row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+        s_row = tl.load(STATS + 2 * Q + offs_q, mask=mask_q, other=1.0)
+        gam = tl.load(GAM + offs_q, mask=mask_q, other=0.0)
+        d_row = tl.load(DROW + offs_q, mask=mask_q, other=0.0)
+        r_row = tl.load(RROW + offs_q, mask=mask_q, other=0.0)
+        inv_s = 1.0 / tl.maximum(s_row, 1e-12)
+        if SHRINK:
+            d_row = tl.where(s_row >= 1e-12, d_row, 0.0)
+        s_t = _mm(mk, tl.trans(zq), zero, PREC, UPCAST) * scale
+        w_t = tl.where(mask_q[None, :], tl.exp((s_t - row_max[None, :]) - row_logl[None, :]),
+                       0.0)
+        gm_t = _mm(mv, tl.trans(g), zero, PREC, UPCAST)
+        a_t, dw_t = _dlogit_terms(w_t, gm_t, lam, gam[None, :], inv_s[None, :], d_row[None, :],
+                                  SHRINK)
+        ds_t = w_t * (dw_t - r_row[None, :])
+        ds_t = tl.where(mask_q[None, :], ds_t, 0.0)
+        a_t = tl.where(mask_q[None, :], a_t, 0.0)
+        if SHARED_KV:
+            dmk = _mm((ds_t * scale).to(zq.dtype), zq, dmk, PREC, UPCAST)
+            dmk = _mm(a_t.to(g.dtype), g, dmk, PREC, UPCAST)
+        else:
+            dmk = _mm(ds_t.to(zq.dtype), zq, dmk, PREC, UPCAST)
+            dmv = _mm(a_t.to(g.dtype), g, dmv, PREC, UPCAST)
+    part = pid_s * N + offs_n
+    if SHARED_KV:
+        tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk, mask=mask_nc)
+    else:
+        tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk * scale, mask=mask_nc)
+        tl.store(PART_DMV + part[:, None] * C + offs_c[None, :], dmv, mask=mask_nc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch planning
+
+
+class Tiles(NamedTuple):
+    block_q: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Tile shapes per operand type, kernel and padded channel count (the first entry at least
+# BLOCK_C). A program keeps BLOCK x BLOCK_C tiles of its rows and one or two float32 accumulators
+# in registers, so wide channels take small tiles. Chosen by bench/triton_resources.py, which
+# compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version; the
+# picks rechecked with 3.8, in every launch variant): among the tiles that compile without
+# register spills and within an H100's shared memory, one whose products become Hopper's
+# wgmma if any does (64 rows per warpgroup; the others get mma.sync, Hopper's slower
+# tensor-core path), then the largest; where none is spill-free, the least spilling (its
+# KNOWN_SPILLS lists them). The larger candidates spill kilobytes, or exceed shared memory,
+# which fails the launch. At C = 256 the fused query-major backward and the memory-major
+# backward find no spill-free wgmma tile: they hold two C-wide float32 accumulators per row
+# (hence _ROW_TERM_FIRST below). Their speed is not yet timed on a GPU
+# (bench/tune_triton_tiles.py, a step of bench/gpu_check.sh).
+_TILES = {
+    "16-bit": {  # bfloat16 / float16 on tensor cores
+        "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (64, 32, 8, 2),
+                    512: (32, 16, 8, 1)},
+        "backward_query": {64: (64, 64, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2),
+                           512: (16, 16, 8, 1)},
+        "backward_row_term": {256: (64, 32, 8, 2)},
+        "backward_dquery": {256: (64, 32, 8, 2)},
+        "backward_memory": {64: (16, 64, 8, 2), 128: (16, 64, 8, 2), 256: (32, 32, 8, 1),
+                            512: (16, 16, 8, 1)},
+    },
+    "tf32": {  # float32 with torch's TF32 allowed
+        "forward": {64: (64, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+                    512: (16, 16, 8, 1)},
+        "backward_query": {64: (64, 64, 4, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2),
+                           512: (16, 16, 8, 1)},
+        "backward_row_term": {256: (64, 16, 8, 2)},
+        "backward_dquery": {256: (64, 32, 8, 2)},
+        "backward_memory": {64: (16, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+                            512: (16, 16, 8, 1)},
+    },
+    # IEEE float32 products on CUDA cores. At C > 128 no candidate is spill-free in every
+    # launch variant (lam = 0 or dot similarity spill 0.3 KB at C = 256, 2 KB at 512): TF32
+    # or bfloat16 are the fast paths there.
+    "float32": {
+        "forward": {16: (64, 32, 8, 2), 32: (32, 64, 8, 2), 64: (64, 32, 8, 2),
+                    128: (16, 16, 8, 1), 256: (16, 32, 8, 1), 512: (16, 32, 8, 1)},
+        "backward_query": {16: (32, 64, 8, 2), 32: (64, 32, 8, 2), 64: (32, 32, 8, 1),
+                           128: (16, 32, 8, 1), 256: (16, 16, 8, 1), 512: (16, 16, 8, 1)},
+        "backward_memory": {16: (32, 64, 8, 2), 32: (32, 64, 8, 2), 64: (32, 32, 8, 1),
+                            128: (16, 16, 8, 1), 256: (16, 16, 8, 1), 512: (16, 16, 8, 1)},
+    },
+    # float64 is for tests and gradcheck: the smallest tile, the only one that compiles
+    # cleanly at most widths (larger ones spill at some widths, even narrow ones); at C = 256
+    # it spills in some launch variants, and nothing fits the shared memory beyond.
+    "float64": {kernel: {256: (16, 16, 8, 1)}
+                for kernel in ("forward", "backward_query", "backward_memory")},
+}
+# Where the query-major backward takes two sweeps, R first ("row_term", then "dquery" with
+# one C-wide accumulator; see _bwd_query_kernel), rather than one "fused" sweep with two:
+# where the fused sweep's tiles are too small for wgmma and both passes' tiles use it. That
+# is 5 units of matrix work instead of 4 (the row-term pass computes the logits and g·mv
+# once more), at Hopper's faster instruction; bench/tune_triton_tiles.py times the plans.
+# Elsewhere the two passes, when asked for, take the fused sweep's tiles: they hold less.
+_ROW_TERM_FIRST = {("16-bit", 256), ("tf32", 256)}
+# (operand type, kernel, BLOCK_C) -> stack bytes per thread that the pick may spill, in some
+# launch variant, where no candidate was spill-free (measured with Triton 3.6 and 3.8, with
+# headroom); bench/triton_resources.py --check holds every other pick to 128 bytes. float32
+# backward_query at 512 takes the 16 x 16 tile, which spills more than 16 x 32 but, unlike
+# it, fits an A100's shared memory too.
+KNOWN_SPILLS = {
+    ("float32", "backward_query", 256): 512, ("float32", "backward_query", 512): 6144,
+    ("float32", "backward_memory", 256): 512, ("float32", "backward_memory", 512): 3072,
+    ("tf32", "backward_memory", 512): 384,
+    ("float64", "backward_query", 256): 384, ("float64", "backward_memory", 256): 3584,
+}
+
+
+def _operand_type(dtype: torch.dtype, precision: str) -> str:
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16-bit"
+    if dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "float32"
+    return "float64"
+
+
+def unsupported_reason(dtype: torch.dtype, channels: int, device: torch.device) -> Optional[str]:
+    """Why the GPU kernels cannot take these inputs (no tile shape fits), or None."""
+    if device.type != "cuda":
+        return None  # the interpreter has no register or shared-memory limits
+    block_c = _block_c(channels)
+    widest = max(_TILES[_operand_type(dtype, "ieee")]["forward"])
+    if block_c > widest:
+        return (f"{dtype} inputs with {channels} channels: the Triton kernels' tiles fit at "
+                f"most {widest} channels for this dtype")
+    return None
+
+
+def _fitting_width(table, block_c):
+    fitting = [width for width in sorted(table) if width >= block_c]
+    return fitting[0] if fitting else max(table)
+
+
+def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device,
+                precision: str = "ieee") -> Tiles:
+    """Tile shape and launch settings for one kernel ("forward", "backward_query",
+    "backward_row_term", "backward_dquery", "backward_memory") at padded channel count
+    block_c (see _TILES)."""
+    if device.type == "cpu":  # the interpreter runs whole tiles in numpy: larger is faster
+        return Tiles(32, 64, 4, 1)
+    tables = _TILES[_operand_type(dtype, precision)]
+    table = tables.get(kernel, {})
+    if (kernel in ("backward_row_term", "backward_dquery")
+            and _fitting_width(tables["backward_query"], block_c) not in table):
+        table = tables["backward_query"]  # the two-sweep passes hold less than the fused one
+    return Tiles(*table[_fitting_width(table, block_c)])
+
+
+def backward_query_plan(block_c: int, dtype: torch.dtype, device: torch.device,
+                        precision: str = "ieee") -> str:
+    """How the query-major backward runs: "fused" (one sweep) or "row_term_first" (two
+    sweeps; see _ROW_TERM_FIRST). The interpreter runs the fused sweep; the tests ask for
+    both."""
+    if device.type == "cpu":
+        return "fused"
+    operand = _operand_type(dtype, precision)
+    width = _fitting_width(_TILES[operand]["backward_query"], block_c)
+    return "row_term_first" if (operand, width) in _ROW_TERM_FIRST else "fused"
+
+
+def _launch_meta(kernel, block_c, dtype, device, **constants):
+    tiles = tile_config(kernel, block_c, dtype, device, constants.get("PREC", "ieee"))
+    return tiles, dict(BLOCK_Q=tiles.block_q, BLOCK_N=tiles.block_n, BLOCK_C=block_c,
+                       num_warps=tiles.num_warps, num_stages=tiles.num_stages, **constants)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    # Under the interpreter, two: inputs of a single block then take the split path, so the
+    # CPU tests run both.
+    return 2
+
+
+def plan_splits(num_blocks: int, length: int, block: int, device: torch.device) -> int:
+    """How many ways to split a sweep of `length` (tiles of `block`) across a second grid
+    axis when num_blocks programs would leave SMs idle. The picked tiles take most of an SM's
+    registers (200-255 x 256 threads), so one program runs per SM and programs run in waves
+    of num_sms: the split taking the fewest waves per unit of work wins, the fewest splits on
+    a tie (64 blocks on 132 SMs: 2 splits, one wave, rather than 3, two waves). With a
+    program for every SM nothing is split: splits only add partial sums to combine."""
+    sms = _num_sms(device)
+    if num_blocks >= sms:
+        return 1
+    most = min(triton.cdiv(length, block), 2 * triton.cdiv(sms, num_blocks))
+    return min(range(1, most + 1),
+               key=lambda splits: (Fraction(triton.cdiv(num_blocks * splits, sms), splits),
+                                   splits))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 follows torch's matmul setting: "highest" keeps IEEE float32 products.
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _params(temperature: float, shrink_thres: float, dtype, device) -> torch.Tensor:
+    """[1/temperature, shrink_thres] on the device, passed by pointer so that float64 runs keep
+    float64 constants (Triton passes Python floats as float32). Filled on the device: a copy
+    from the host would make the host wait for the stream."""
+    params = torch.full((2,), 1.0 / temperature, dtype=_acc_dtype(dtype), device=device)
+    params[1:].fill_(shrink_thres)
+    return params
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    xf = x.to(_acc_dtype(x.dtype))
+    return (xf / xf.norm(dim=1, keepdim=True).clamp_min(EPS)).to(x.dtype)
+
+
+def _normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """Gradient through x / max(|x|, eps), in the accumulation dtype."""
+    xf = x.to(grad_unit.dtype)
+    norm = xf.norm(dim=1, keepdim=True)
+    unit = xf / norm.clamp_min(EPS)
+    tangent = (grad_unit - unit * (unit * grad_unit).sum(dim=1, keepdim=True)) / norm.clamp_min(EPS)
+    return torch.where(norm > EPS, tangent, grad_unit / EPS)
+
+
+def _keys(query, memory, cosine):
+    if cosine:
+        return _normalize(query), _normalize(memory)
+    return query, memory
+
+
+def _launch(kernel, grid, *args, **meta):
+    if triton_interpret_enabled():
+        # Under Triton's interpreter torch cannot trace into the kernel (torch 2.14's
+        # wrap_triton hands back the raw kernel, torch 2.11's refuses an interpreted one), so
+        # it is called directly; while torch.compile traces with fake tensors, which carry
+        # shapes and no data, there is nothing to run (on a GPU the launch is traced instead).
+        if not any(_is_traced(a) for a in args if isinstance(a, torch.Tensor)):
+            kernel[grid](*args, **meta)
+        return
+    wrap_triton(kernel)[grid](*args, **meta)
+
+
+def _is_traced(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return is_fake(t) or isinstance(t, FunctionalTensor)
+
+
+def _dot_mode(query):
+    interpret = query.device.type == "cpu"
+    upcast = interpret and query.dtype in (torch.float16, torch.bfloat16)
+    return dict(PREC=_dot_precision(query.dtype), UPCAST=upcast)
+
+
+def _block_c(c: int) -> int:
+    return max(16, triton.next_power_of_2(c))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops
+
+
+@triton_op("memae_fused::triton_memory_read_fwd", mutates_args=())
+def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thres: float,
+                           cosine: bool, temperature: float
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    query, memory = query.contiguous(), memory.contiguous()
+    q, c = query.shape
+    n = memory.shape[0]
+    zq, mk = _keys(query, memory, cosine)
+    acc_dtype = _acc_dtype(query.dtype)
+    params = _params(temperature, shrink_thres, query.dtype, query.device)
+    shrink = shrink_thres > 0
+    tiles, meta = _launch_meta("forward", _block_c(c), query.dtype, query.device,
+                               SHARED_KV=not cosine, **_dot_mode(query))
+    block_n = tiles.block_n
+    q_blocks = triton.cdiv(q, tiles.block_q)
+    splits = plan_splits(q_blocks, n, block_n, query.device)
+    n_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    splits = triton.cdiv(n, n_per_split)
+
+    read = torch.empty_like(query)
+    entropy = query.new_empty((q,))
+    stats = torch.empty((4, q), dtype=acc_dtype, device=query.device)
+    if splits == 1:
+        _launch(_fwd_kernel, (q_blocks, 1),
+                zq, mk, memory, read, entropy, stats, stats, stats, params, q, n, c, n,
+                SHRINK=shrink, SPLIT=False, **meta)
+        return read, entropy, stats
+
+    part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
+    part_sum = torch.empty_like(part_max)
+    _launch(_row_max_sum_kernel, (q_blocks, splits),
+            zq, mk, part_max, part_sum, params, q, n, c, n_per_split, **meta)
+    top = part_max.amax(dim=0)
+    stats[0] = top
+    stats[1] = torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
+    part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
+    part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
+    _launch(_fwd_kernel, (q_blocks, splits),
+            zq, mk, memory, read, entropy, stats, part_acc, part_stats, params,
+            q, n, c, n_per_split, SHRINK=shrink, SPLIT=True, **meta)
+    acc = part_acc.sum(dim=0)
+    sum_h, sum_hlogh, sum_third = part_stats.sum(dim=1)
+    if shrink:
+        s_c = sum_h.clamp_min(EPS)
+        frac = sum_h / s_c
+        ent = -sum_hlogh / s_c + frac * torch.log(s_c) - EPS * frac * sum_third
+        aux = frac - EPS * frac * sum_third
+        read.copy_(acc / s_c[:, None])
+    else:
+        sum_h = torch.ones_like(sum_h)
+        ent, aux = -sum_hlogh, sum_third
+        read.copy_(acc)
+    entropy.copy_(ent)
+    stats[2] = sum_h
+    stats[3] = aux
+    return read, entropy, stats
+
+
+def _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params, constants,
+                 pass_name, r_row=None):
+    """One launch of _bwd_query_kernel (split over the slots when the query blocks are few)
+    and the combine of its partial sums: (X - R·Y or None, R or None)."""
+    q, c = query.shape
+    n = memory.shape[0]
+    acc_dtype = _acc_dtype(query.dtype)
+    kernel = {"fused": "backward_query", "row_term": "backward_row_term",
+              "dquery": "backward_dquery"}[pass_name]
+    tiles, meta = _launch_meta(kernel, _block_c(c), query.dtype, query.device, PASS=pass_name,
+                               **constants)
+    q_blocks = triton.cdiv(q, tiles.block_q)
+    splits = plan_splits(q_blocks, n, tiles.block_n, query.device)
+    n_per_split = triton.cdiv(triton.cdiv(n, splits), tiles.block_n) * tiles.block_n
+    splits = triton.cdiv(n, n_per_split)
+    empty = stats.new_empty(0)
+    # The dquery pass with cosine similarity: values = unit keys · slot norms (the kernel).
+    memory_norms = empty
+    if pass_name == "dquery" and not constants["SHARED_KV"]:
+        memory_norms = memory.to(acc_dtype).norm(dim=1).clamp_min(EPS)
+    part_x = empty if pass_name == "row_term" else torch.empty((splits, q, c), dtype=acc_dtype,
+                                                               device=query.device)
+    part_y = torch.empty_like(part_x) if pass_name == "fused" else empty
+    part_r = empty if pass_name == "dquery" else torch.empty((splits, q), dtype=acc_dtype,
+                                                             device=query.device)
+    _launch(_bwd_query_kernel, (q_blocks, splits),
+            zq, mk, memory, memory_norms, grad_read, gam, stats, d_row,
+            empty if r_row is None else r_row,
+            part_x, part_y, part_r, params, q, n, c, n_per_split, **meta)
+    if pass_name == "row_term":
+        return None, part_r.sum(dim=0)
+    if pass_name == "dquery":
+        return part_x.sum(dim=0), None
+    r_sum = part_r.sum(dim=0)
+    return part_x.sum(dim=0) - r_sum[:, None] * part_y.sum(dim=0), r_sum
+
+
+@triton_op("memae_fused::triton_memory_read_bwd", mutates_args=())
+def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
+                           query: torch.Tensor, memory: torch.Tensor, read: torch.Tensor,
+                           entropy: torch.Tensor, stats: torch.Tensor, shrink_thres: float,
+                           cosine: bool, temperature: float
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    query, memory = query.contiguous(), memory.contiguous()
+    grad_read = grad_read.to(query.dtype).contiguous()
+    q, c = query.shape
+    n = memory.shape[0]
+    zq, mk = _keys(query, memory, cosine)
+    acc_dtype = _acc_dtype(query.dtype)
+    params = _params(temperature, shrink_thres, query.dtype, query.device)
+    shrink = shrink_thres > 0
+    constants = dict(SHRINK=shrink, SHARED_KV=not cosine, **_dot_mode(query))
+
+    gam = grad_entropy.to(acc_dtype).contiguous()
+    # D = sum_j a_j dL/da_j, from the outputs (docs/algorithm.md).
+    d_row = ((grad_read.to(acc_dtype) * read.to(acc_dtype)).sum(dim=1)
+             + gam * (entropy.to(acc_dtype) - stats[3])).contiguous()
+
+    block_c = _block_c(c)
+    if backward_query_plan(block_c, query.dtype, query.device, constants["PREC"]) == "fused":
+        grad_zq, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row,
+                                      params, constants, "fused")
+    else:
+        _, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
+                                constants, "row_term")
+        grad_zq, _ = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
+                                  constants, "dquery", r_row)
+    grad_zq = grad_zq / temperature
+
+    tiles, meta = _launch_meta("backward_memory", block_c, query.dtype, query.device,
+                               **constants)
+    n_blocks = triton.cdiv(n, tiles.block_n)
+    q_splits = plan_splits(n_blocks, q, tiles.block_q, query.device)
+    q_per_split = triton.cdiv(triton.cdiv(q, q_splits), tiles.block_q) * tiles.block_q
+    q_splits = triton.cdiv(q, q_per_split)
+    part_dmk = torch.empty((q_splits, n, c), dtype=acc_dtype, device=query.device)
+    # Dot similarity: the kernel puts the whole memory gradient in part_dmk.
+    part_dmv = torch.empty_like(part_dmk) if cosine else part_dmk.new_empty(0)
+    _launch(_bwd_memory_kernel, (n_blocks, q_splits),
+            zq, mk, memory, grad_read, gam, stats, d_row, r_row.contiguous(), part_dmk,
+            part_dmv, params, q, n, c, q_per_split, **meta)
+    if cosine:
+        grad_query = _normalize_backward(query, grad_zq)
+        grad_memory = _normalize_backward(memory, part_dmk.sum(dim=0)) + part_dmv.sum(dim=0)
+    else:
+        grad_query = grad_zq
+        grad_memory = part_dmk.sum(dim=0)
+    return grad_query.to(query.dtype), grad_memory.to(memory.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    query, memory, shrink_thres, cosine, temperature = inputs
+    read, entropy, stats = output
+    ctx.save_for_backward(query, memory, read, entropy, stats)
+    ctx.args = (shrink_thres, cosine, temperature)
+
+
+def _backward(ctx, grad_read, grad_entropy, grad_stats):
+    query, memory, read, entropy, stats = ctx.saved_tensors
+    if grad_read is None:
+        grad_read = torch.zeros_like(read)
+    if grad_entropy is None:
+        grad_entropy = torch.zeros_like(entropy)
+    grad_query, grad_memory = triton_memory_read_bwd(
+        grad_read, grad_entropy, query, memory, read, entropy, stats, *ctx.args)
+    return grad_query, grad_memory, None, None, None
+
+
+triton_memory_read_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def memory_read_triton(query, memory, shrink_thres, cosine, temperature):
+    if query.device.type == "cpu" and not triton_interpret_enabled():
+        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1")
+    read, entropy, _ = triton_memory_read_fwd(query, memory, shrink_thres, cosine, temperature)
+    return read, entropy

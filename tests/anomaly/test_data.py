@@ -1,0 +1,224 @@
+"""memae_fused.anomaly.data: the synthetic set, clips, and loaders on small folders written here."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from memae_fused.anomaly.data import (ANOMALY_KINDS, ClipDataset, DataConfig, SyntheticConfig,
+                              load_dataset, load_frames_folder, load_ucsd, synthetic_dataset)
+
+SIZE = (24, 32)
+
+
+def write_frames(folder, values, suffix=".jpg", name="{:04d}"):
+    folder.mkdir(parents=True)
+    for i, v in enumerate(values):
+        Image.fromarray(np.full((48, 64), v, np.uint8)).save(folder / (name.format(i) + suffix))
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def centroid_steps(frames):
+    ys, xs = np.mgrid[:frames.shape[1], :frames.shape[2]]
+    w = frames.astype(np.float64)
+    c = np.stack([(w * ys).sum((1, 2)), (w * xs).sum((1, 2))], 1) / w.sum((1, 2))[:, None]
+    return np.linalg.norm(np.diff(c, axis=0), axis=1)
+
+
+def test_synthetic_set_is_deterministic_and_labelled():
+    cfg = SyntheticConfig(size=48, frames_per_video=40, num_train_videos=2,
+                          num_test_videos_per_kind=2, anomaly_frames=10, margin=8, seed=3)
+    a, b = synthetic_dataset(cfg), synthetic_dataset(cfg)
+    assert len(a.train) == 2 and len(a.test) == 6
+    assert a.kinds == [k for k in ANOMALY_KINDS for _ in range(2)]
+    for va, vb in zip(a.train + a.test, b.train + b.test):
+        assert np.array_equal(va.frames(), vb.frames())
+        assert va.frames().shape == (40, 48, 48) and va.frames().dtype == np.uint8
+    for lab in a.labels:
+        idx = np.nonzero(lab)[0]
+        assert len(idx) == 10 and idx[-1] - idx[0] == 9
+        assert idx[0] >= 8 and idx[-1] < 40 - 8
+    assert not np.array_equal(synthetic_dataset(SyntheticConfig(seed=4, size=48)).train[0].frames(),
+                              synthetic_dataset(SyntheticConfig(seed=3, size=48)).train[0].frames())
+
+
+@pytest.mark.parametrize("kind, shape, factor", [(k, *v) for k, v in ANOMALY_KINDS.items()])
+def test_synthetic_anomalies_change_shape_and_speed(kind, shape, factor):
+    # One object per video: its area tells the shape, its centroid steps the speed.
+    cfg = SyntheticConfig(size=96, frames_per_video=60, max_objects=1, anomaly_frames=20,
+                          margin=10, num_train_videos=1, num_test_videos_per_kind=1)
+    data = synthetic_dataset(cfg)
+    i = data.kinds.index(kind)
+    frames, lab = data.test[i].frames(), data.labels[i].astype(bool)
+    area = frames.astype(np.float64).sum((1, 2)) / 255
+    r = cfg.radius
+    assert np.allclose(area[~lab], np.pi * r * r, rtol=0.03)
+    want_area = (2 * r) ** 2 if shape == "square" else np.pi * r * r
+    assert np.allclose(area[lab], want_area, rtol=0.03)
+    steps = centroid_steps(frames)
+    inside = lab[:-1] & lab[1:]
+    assert np.median(steps[~lab[:-1] & ~lab[1:]]) == pytest.approx(cfg.speed, rel=0.05)
+    assert np.median(steps[inside]) == pytest.approx(cfg.speed * factor, rel=0.05)
+
+
+def test_synthetic_config_errors():
+    with pytest.raises(ValueError, match="frames_per_video"):
+        SyntheticConfig(frames_per_video=20, anomaly_frames=10, margin=8)
+    with pytest.raises(ValueError, match="no room"):
+        SyntheticConfig(size=24)
+
+
+def test_clip_dataset():
+    data = synthetic_dataset(SyntheticConfig(size=32, radius=5, speed=2.5, frames_per_video=30,
+                                             anomaly_frames=6, margin=8, num_train_videos=2))
+    clips = ClipDataset(data.train, clip_len=8, stride=3)
+    assert len(clips) == 2 * len(range(0, 30 - 8 + 1, 3))
+    x = clips[len(clips) - 1]
+    assert x.shape == (1, 8, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.max() > 0.9 and x.min() == -1
+    vi, start = clips.index[-1]
+    want = data.train[vi].frames(start, start + 8).astype(np.float32) / 127.5 - 1
+    assert torch.allclose(x[0], torch.from_numpy(want))
+    with pytest.raises(ValueError, match="no video has 40 frames"):
+        ClipDataset(data.train, clip_len=40)
+
+
+# ----------------------------------------------------------------------------- UCSD
+
+
+def make_ucsd(root, with_m_file=True):
+    write_frames(root / "Train" / "Train001", [10] * 5, ".tif", "{:03d}")
+    write_frames(root / "Train" / "Train002", [20] * 4, ".tif", "{:03d}")
+    write_frames(root / "Test" / "Test001", [30] * 6, ".tif", "{:03d}")
+    write_frames(root / "Test" / "Test002", [40] * 7, ".tif", "{:03d}")
+    # Masks for Test001: frames 2 and 3 (0-based) anomalous.
+    write_frames(root / "Test" / "Test001_gt", [0, 0, 255, 1, 0, 0], ".bmp", "{:03d}")
+    (root / "Train" / ".DS_Store").write_text("")
+    if with_m_file:
+        (root / "Test" / "UCSDped2.m").write_text(
+            "TestVideoFile = {};\n"
+            "TestVideoFile{end+1}.gt_frame = [3:4];\n"
+            "TestVideoFile{end+1}.gt_frame = [1:2, 6:7];\n")
+
+
+def test_ucsd_loader(tmp_path):
+    root = tmp_path / "UCSDped2"
+    make_ucsd(root)
+    data = load_ucsd(root, SIZE)
+    assert [v.name for v in data.train] == ["Train001", "Train002"]
+    assert [v.name for v in data.test] == ["Test001", "Test002"]
+    assert [len(v) for v in data.train] == [5, 4]
+    frames = data.test[1].frames(1, 3)
+    assert frames.shape == (2, *SIZE) and frames.dtype == np.uint8 and (frames == 40).all()
+    assert data.labels[0].tolist() == [0, 0, 1, 1, 0, 0]  # from the masks
+    assert data.labels[1].tolist() == [1, 1, 0, 0, 0, 1, 1]  # from the .m file
+    assert load_dataset(DataConfig(source=str(root), size=SIZE)).labels[1].tolist() == data.labels[1].tolist()
+
+
+def test_ucsd_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Train is not a folder"):
+        load_ucsd(tmp_path, SIZE)
+    root = tmp_path / "ped"
+    make_ucsd(root, with_m_file=False)
+    with pytest.raises(FileNotFoundError, match="no labels for Test002"):
+        load_ucsd(root, SIZE)
+    (root / "Test" / "Test001_gt" / "005.bmp").unlink()
+    (root / "Test" / "UCSDped2.m").write_text("TestVideoFile{end+1}.gt_frame = [3:4];\n"
+                                              "TestVideoFile{end+1}.gt_frame = [5:9];\n")
+    with pytest.raises(ValueError, match="5 masks but Test001 has 6 frames"):
+        load_ucsd(root, SIZE)
+    shutil.rmtree(root / "Test" / "Test001_gt")
+    with pytest.raises(ValueError, match="outside Test002's 7 frames"):
+        load_ucsd(root, SIZE)
+    (root / "Train" / "Train003").mkdir()
+    with pytest.raises(ValueError, match="holds no image frames"):
+        load_ucsd(root, SIZE)
+
+
+# ----------------------------------------------------------------------------- frames folder
+
+
+def make_frames_folder(root, labels_shape=(1, -1)):
+    write_frames(root / "training" / "frames" / "01", [10] * 5)
+    write_frames(root / "training" / "frames" / "02", [20] * 6)
+    write_frames(root / "testing" / "frames" / "01", [30] * 4)
+    # Unpadded names: natural order puts 2.jpg before 10.jpg.
+    write_frames(root / "testing" / "frames" / "02", list(range(0, 120, 10)), name="{:d}")
+    labels = np.array([0, 1, 1, 0] + [0] * 6 + [1] * 6, np.uint8).reshape(labels_shape)
+    np.save(root / "frame_labels_toy.npy", labels)
+
+
+def test_frames_folder_loader(tmp_path):
+    root = tmp_path / "avenue"
+    make_frames_folder(root)
+    data = load_frames_folder(root, size=SIZE)
+    assert data.name == "toy"
+    assert [len(v) for v in data.train] == [5, 6] and [len(v) for v in data.test] == [4, 12]
+    assert data.labels[0].tolist() == [0, 1, 1, 0]
+    assert data.labels[1].tolist() == [0] * 6 + [1] * 6
+    # JPEG is lossy: compare loosely, but the order must follow the frame numbers.
+    means = data.test[1].frames().reshape(12, -1).mean(1)
+    assert np.all(np.abs(means - np.arange(0, 120, 10)) < 3)
+    auto = load_dataset(DataConfig(source=str(root), size=SIZE))
+    assert [v.name for v in auto.test] == ["01", "02"]
+
+
+def test_frames_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_frames_folder(tmp_path / "nope", size=SIZE)
+    root = tmp_path / "shanghaitech"
+    (root / "training").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no training videos"):
+        load_frames_folder(root, size=SIZE)
+    root = tmp_path / "a"
+    make_frames_folder(root)
+    np.save(root / "frame_labels_toy.npy", np.zeros(15, np.uint8))
+    with pytest.raises(ValueError, match="has 15 labels but the 2 test videos have 16 frames"):
+        load_frames_folder(root, size=SIZE)
+    np.save(root / "frame_labels_other.npy", np.zeros(16, np.uint8))
+    with pytest.raises(FileNotFoundError, match="exactly one frame_labels"):
+        load_frames_folder(root, size=SIZE)
+    assert load_frames_folder(root, root / "frame_labels_other.npy", SIZE).name == "other"
+    np.save(root / "frame_labels_other.npy", np.full(16, 2, np.uint8))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        load_frames_folder(root, root / "frame_labels_other.npy", SIZE)
+    with pytest.raises(FileNotFoundError, match="cannot tell the layout"):
+        load_dataset(DataConfig(source=str(tmp_path)))
+
+
+def write_video(path, values):
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for v in values:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), v, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_video_files(tmp_path):
+    # Avenue's original layout: training_videos/01.avi, testing_videos/01.avi.
+    root = tmp_path / "avenue"
+    write_video(root / "training_videos" / "01.avi", [50] * 6)
+    write_video(root / "testing_videos" / "01.avi", [100] * 5)
+    write_video(root / "testing_videos" / "02.mp4", [200] * 3)
+    (root / "training").mkdir()
+    (root / "testing").mkdir()
+    np.save(root / "frame_labels_avenue.npy", np.array([0, 0, 1, 1, 0, 1, 0, 0], np.uint8))
+    data = load_dataset(DataConfig(source=str(root), size=SIZE))
+    assert [len(v) for v in data.train] == [6] and [len(v) for v in data.test] == [5, 3]
+    frames = data.test[1].frames()
+    assert frames.shape == (3, *SIZE) and abs(frames.mean() - 200) < 8
+    assert data.labels[1].tolist() == [1, 0, 0]
+    clips = ClipDataset(data.train, clip_len=4)
+    assert len(clips) == 3 and clips[0].shape == (1, 4, *SIZE)
+    (root / "training_videos" / "bad.avi").write_bytes(b"not a video")
+    with pytest.raises(OSError, match="cannot decode video"):
+        len(load_dataset(DataConfig(source=str(root), size=SIZE)).train[1])
