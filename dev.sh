@@ -18,7 +18,7 @@ pip_q -r requirements-dev.txt
 pip_q --no-build-isolation --editable .
 
 case "$job" in
-  main) exec .venv/bin/memae-fused demo "$@" ;;
+  main) exec .venv/bin/memae-fused demo --overwrite "$@" ;;  # a rerun replaces runs/demo
   test) exec .venv/bin/python -m pytest tests "$@" ;;
   bench) exec .venv/bin/python -m pytest bench "$@" ;;
 esac

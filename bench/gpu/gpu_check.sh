@@ -121,8 +121,9 @@ use_prebuilt() {
   return 1
 }
 
-# The tests in two pytest runs at once, the Triton tests and the rest (the C++/CUDA op, the
-# build, the API), each with its own processes: a fault in a CUDA kernel poisons the CUDA
+# The op's tests (tests/op, tests/gpu; the application's do not touch the GPU kernels and need
+# packages the GPU machine may lack) in two pytest runs at once, the Triton tests and the rest
+# (the C++/CUDA op, the build, the API), each with its own processes: a fault in a CUDA kernel poisons the CUDA
 # context of the process it happens in and would fail every test after it there. Each new
 # Triton tile shape, dtype and flag set is a compile (about 250 in all, half a second each):
 # pytest-xdist, where installed, spreads them over the CPUs. No -x: one call must show every
@@ -139,9 +140,9 @@ run_tests() {
     k=${selections[$i]}
     [ -n "$TEST_FILTER" ] && k="($TEST_FILTER) and ($k)"
     echo
-    echo "=== [$(elapsed)s] tests-${names[$i]}: pytest tests -k \"$k\" ${workers[$i]}"
+    echo "=== [$(elapsed)s] tests-${names[$i]}: pytest tests/op tests/gpu -k \"$k\" ${workers[$i]}"
     # shellcheck disable=SC2086  # "-n N" or nothing
-    timeout "$limit" "$PY" -m pytest tests -q -p no:cacheprovider --continue-on-collection-errors \
+    timeout "$limit" "$PY" -m pytest tests/op tests/gpu -q -p no:cacheprovider --continue-on-collection-errors \
       -k "$k" ${workers[$i]} >"$logs/$i.log" 2>&1 &
     pids+=($!)
   done

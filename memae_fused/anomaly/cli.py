@@ -1,87 +1,181 @@
-"""The `memae-fused` command: train, evaluate, demo.
+"""The `memae-fused` command: train, evaluate, check-data, demo.
 
   memae-fused train --data synthetic --model memae --out runs/memae
-  memae-fused train --data /data/UCSDped2 --preset paper --out runs/ped2 --amp bf16
-  torchrun --nproc_per_node 4 -m memae_fused.anomaly.cli train --data /data/avenue --preset paper --out runs/avenue
-  memae-fused evaluate --checkpoint runs/memae/checkpoint.pt
+  memae-fused train --data /data/UCSDped2 --full --out runs/ped2 --amp bf16
+  memae-fused train --out runs/ped2 --resume --epochs 100
+  torchrun --nproc_per_node 4 -m memae_fused.anomaly.cli train --data /data/avenue --full --out runs/avenue
+  memae-fused evaluate --checkpoint runs/ped2/checkpoint.pt
+  memae-fused check-data --data /data/avenue
   memae-fused demo            (the README's main job; --full for the paper scale on a GPU)
+
+Expected problems (missing folders, unreadable files, bad options, a run that would be
+overwritten) end with one line "memae-fused: error: ..." and exit status 2; --debug shows
+the traceback. Ctrl-C exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
-from memae_fused.anomaly.data import DataConfig, load_dataset
+from memae_fused.anomaly.data import DataConfig, check_videos, detect_format, load_dataset
 from memae_fused.anomaly.demo import add_demo_arguments, run_demo
 from memae_fused.anomaly.evaluate import evaluate, format_results
 from memae_fused.anomaly.models import VARIANTS, ModelConfig
 from memae_fused.anomaly.presets import PRESETS, run_configs
-from memae_fused.anomaly.train import (AMP_DTYPES, TrainConfig, load_model, read_checkpoint,
-                                       resolve_device, train)
+from memae_fused.anomaly.train import (AMP_DTYPES, RUNTIME_FIELDS, TrainConfig, TrainingInterrupted,
+                                       load_model, read_checkpoint, resolve_device, train)
+from memae_fused.backends import BACKENDS
+
+PROG = "memae-fused"
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class UsageError(Exception):
+    """A problem with what was asked, reported in one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in this command's one-line form."""
+
+    def error(self, message):
+        sys.stderr.write(f"{PROG}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_ERROR)
+
 
 def _ints(text: str):
-    return tuple(int(t) for t in text.replace("x", ",").split(",") if t)
+    try:
+        values = tuple(int(t) for t in text.replace("x", ",").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 256 or 256x256, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
+def _square(size):
+    return None if size is None else (size[0], size[0]) if len(size) == 1 else tuple(size)
+
+
+def add_data_arguments(p: argparse.ArgumentParser, size_help: str) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="synthetic",
-                   help="'synthetic' (the embedded moving-shapes set) or a data folder: UCSD "
-                        "Ped1/Ped2 (Train/, Test/) or frames-folder layout (training/, testing/)")
-    g.add_argument("--data-format", default="auto", choices=("auto", "ucsd", "frames"))
-    g.add_argument("--labels", help="frame_labels_<name>.npy (frames layout; default: the one in the data folder)")
-    g.add_argument("--size", type=_ints, help="frame size HxW or one number (preset default)")
+    g.add_argument("--data", default="synthetic", metavar="PATH",
+                   help="'synthetic' (the embedded moving-shapes set; the default) or a data "
+                        "folder: UCSD Ped1/Ped2 (Train/Train001/001.tif ..., Test/), frames "
+                        "folders (training/frames/01/0000.jpg ..., testing/frames/: Avenue, "
+                        "ShanghaiTech) or video files (training/videos/01.avi ... or Avenue's "
+                        "training_videos/ and testing_videos/)")
+    g.add_argument("--data-format", default="auto", choices=("auto", "ucsd", "frames"),
+                   help="layout of --data: 'ucsd' (Train/, Test/), 'frames' (training/ and "
+                        "testing/ holding frames/ or videos/, or training_videos/ and "
+                        "testing_videos/); default 'auto' tells them apart by those folders")
+    g.add_argument("--labels", metavar="FILE",
+                   help="frame labels of the test videos for the frames layout: a "
+                        "frame_labels_<name>.npy of 0/1 per test frame, all test videos in "
+                        "sorted order (default: the one frame_labels_*.npy in --data; UCSD "
+                        "takes its labels from Test/Test###_gt/ and UCSDped*.m)")
+    g.add_argument("--size", type=_ints, metavar="HxW", help=size_help)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memae-fused", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog=PROG, description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train MemAE (or an ablation) on normal videos")
-    add_data_arguments(t)
-    t.add_argument("--preset", default="small", choices=tuple(PRESETS))
+    t = sub.add_parser("train", help="train MemAE (or an ablation) on normal videos",
+                       description="Train on the training videos of --data (test videos and "
+                                   "labels are not needed) and write OUT/checkpoint.pt after "
+                                   "every epoch and OUT/train_log.jsonl. Every option left out "
+                                   "takes the preset's value.")
+    add_data_arguments(t, "frame size HxW, or one number for square frames (default: 64 with "
+                          "--preset small, 256 with paper)")
+    t.add_argument("--preset", default="small", choices=tuple(PRESETS),
+                   help="'small' (default: minutes on a CPU) or 'paper' (the paper's video "
+                        "model: widths 96-128-256-256, N = 2000, 256x256, lr 1e-4, batch 12, "
+                        "60 epochs; for a GPU)")
+    t.add_argument("--full", action="store_const", dest="preset", const="paper",
+                   help="the same as --preset paper")
     m = t.add_argument_group("model")
-    m.add_argument("--model", default="memae", choices=VARIANTS)
-    m.add_argument("--channels", type=_ints, help="encoder widths, e.g. 96,128,256,256 (depth = count)")
-    m.add_argument("--decoder-channels", type=_ints)
-    m.add_argument("--num-slots", type=int, help="memory size N")
-    m.add_argument("--shrink-thres", type=float, help="lambda (default 1/N)")
-    m.add_argument("--similarity", default="cosine", choices=("cosine", "dot"))
-    m.add_argument("--temperature", type=float, default=0.05)
-    m.add_argument("--entropy-weight", type=float, default=0.0002, help="alpha")
-    m.add_argument("--backend", default="auto", help="memory backend (see memae_fused.memory_read)")
+    m.add_argument("--model", default="memae", choices=VARIANTS,
+                   help="memae (default), ae (no memory) or memae-nonspar (no shrinkage, no "
+                        "entropy loss)")
+    m.add_argument("--channels", type=_ints, metavar="C1,C2,...",
+                   help="encoder widths, e.g. 96,128,256,256 (their count is the depth)")
+    m.add_argument("--decoder-channels", type=_ints, metavar="C1,C2,...",
+                   help="widths of every decoder stage but the last (default: the encoder's, "
+                        "mirrored)")
+    m.add_argument("--num-slots", type=int, metavar="N", help="memory size N")
+    m.add_argument("--shrink-thres", type=float, metavar="LAMBDA",
+                   help="hard-shrinkage threshold lambda (default 1/N)")
+    m.add_argument("--similarity", default="cosine", choices=("cosine", "dot"),
+                   help="addressing similarity (default cosine, as in the paper)")
+    m.add_argument("--temperature", type=float, default=0.05,
+                   help="softmax temperature of the addressing (default 0.05)")
+    m.add_argument("--entropy-weight", type=float, default=0.0002, metavar="ALPHA",
+                   help="weight of the addressing entropy in the loss (default 0.0002)")
+    m.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="memory-read kernel: auto (default: triton, then cuda on a GPU; cpp "
+                        "on the CPU; reference where none is available), cpp (the compiled CPU "
+                        "op), cuda (the compiled CUDA op), triton, reference (plain PyTorch)")
     o = t.add_argument_group("training")
-    o.add_argument("--epochs", type=int)
-    o.add_argument("--batch-size", type=int)
-    o.add_argument("--lr", type=float)
-    o.add_argument("--clip-len", type=int, default=16)
-    o.add_argument("--clip-stride", type=int)
-    o.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES))
-    o.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--device", default="auto")
-    o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
-    o.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.pt with its settings (only --epochs, "
-                        "--workers, --device and progress may change)")
+    o.add_argument("--epochs", type=int, help="total epochs (a resumed run continues up to it)")
+    o.add_argument("--batch-size", type=int, help="clips per batch per process")
+    o.add_argument("--lr", type=float, help="Adam learning rate")
+    o.add_argument("--clip-len", type=int, default=16, help="frames per clip (default 16)")
+    o.add_argument("--clip-stride", type=int, help="frames between the starts of training clips")
+    o.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
+                   help="autocast dtype (default none: float32; fp16 needs a GPU)")
+    o.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    o.add_argument("--device", default="auto", help="auto (default: the GPU if any), cpu, cuda, cuda:N")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r = t.add_argument_group("run folder")
+    r.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder (checkpoint.pt, train_log.jsonl); one that holds a run "
+                        "already is refused without --resume or --overwrite")
+    r.add_argument("--resume", action="store_true",
+                   help="continue OUT/checkpoint.pt with its own settings; of the options, only "
+                        "--epochs, --workers, --device and --no-progress may differ from them")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an OUT that holds one, replacing its checkpoint and log")
+    _common(t)
 
-    e = sub.add_parser("evaluate", help="score test frames, AUROC, plots")
-    e.add_argument("--checkpoint", required=True)
-    add_data_arguments(e)
+    e = sub.add_parser("evaluate", help="score test frames, AUROC, plots",
+                       description="Score every test frame of the checkpoint's data set (or of "
+                                   "--data) and write results.json, scores.npz and plots.")
+    e.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="checkpoint.pt written by memae-fused train")
+    add_data_arguments(e, "frame size HxW or one number (default: the checkpoint's)")
     e.set_defaults(data=None)
-    e.add_argument("--out", help="results folder (default: CHECKPOINT's folder/eval)")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES))
-    e.add_argument("--device", default="auto")
-    e.add_argument("--no-plots", action="store_true")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--out", metavar="DIR", help="results folder (default: the checkpoint's folder/eval)")
+    e.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
+    e.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
+                   help="autocast dtype (default none; fp16 needs a GPU)")
+    e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    e.add_argument("--no-plots", action="store_true", help="write no plots")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(e)
 
-    d = sub.add_parser("demo", help="train MemAE and the plain AE on the synthetic set, evaluate, print AUCs")
+    c = sub.add_parser("check-data", help="check that every file of a data set can be read",
+                       description="Load --data as train and evaluate would, open every frame "
+                                   "file's header and every video file's first frame, and "
+                                   "list every problem at once.")
+    add_data_arguments(c, "frame size HxW or one number (default 256)")
+    _common(c)
+
+    d = sub.add_parser("demo", help="train MemAE and the plain AE on the synthetic set, evaluate, print AUCs",
+                       description="The README's main job: train MemAE and the plain AE on the "
+                                   "synthetic set, evaluate both and print their AUROCs.")
     add_demo_arguments(d)
+    _common(d)
     return parser
 
 
@@ -93,17 +187,92 @@ def configs_from_args(args):
         "decoder_channels", "num_slots", "shrink_thres", "similarity", "temperature",
         "entropy_weight", "backend", "epochs", "batch_size", "lr", "clip_len", "clip_stride",
         "amp", "workers", "seed", "device")}
+    return run_configs(**options, progress=not args.no_progress)
+
+
+# Which config field each train option sets: (config, field).
+OPTION_FIELDS = {
+    "data": ("data", "source"), "data_format": ("data", "format"), "labels": ("data", "labels"),
+    "size": ("data", "size"), "model": ("model", "variant"), "channels": ("model", "channels"),
+    "decoder_channels": ("model", "decoder_channels"), "num_slots": ("model", "num_slots"),
+    "shrink_thres": ("model", "shrink_thres"), "similarity": ("model", "similarity"),
+    "temperature": ("model", "temperature"), "entropy_weight": ("model", "entropy_weight"),
+    "backend": ("model", "backend"), "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"), "clip_len": ("train", "clip_len"),
+    "clip_stride": ("train", "clip_stride"), "amp": ("train", "amp"), "seed": ("train", "seed"),
+}
+# The fields a preset sets.
+PRESET_FIELDS = (("data", "size"), ("data", "synthetic"), ("model", "channels"),
+                 ("model", "decoder_channels"), ("model", "num_slots"), ("train", "batch_size"),
+                 ("train", "lr"), ("train", "clip_stride"))
+RESUMABLE_OPTIONS = ("epochs", "workers", "device", "no_progress")
+assert {"epochs", "num_workers", "device", "progress"} == set(RUNTIME_FIELDS)
+
+
+def given_options(parser: argparse.ArgumentParser, argv) -> set:
+    """The destinations of the train options present on the command line."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train_parser = sub.choices["train"]
+    saved = [(a, a.default) for a in train_parser._actions]
     try:
-        return run_configs(**options, progress=not args.no_progress)
-    except ValueError as exc:
-        raise SystemExit(f"memae-fused: error: {exc}") from None
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        present = vars(train_parser.parse_known_args(argv[1:])[0])
+    finally:
+        for action, default in saved:
+            action.default = default
+    return set(present)
 
 
-def cmd_train(args) -> int:
+def _same(field, saved, given) -> bool:
+    if field == "source" and "synthetic" not in (saved, given):
+        return Path(saved).resolve() == Path(given).resolve()
+    if isinstance(saved, (list, tuple)) and isinstance(given, (list, tuple)):
+        return list(saved) == list(given)
+    return saved == given
+
+
+def resume_conflicts(ckpt: dict, args, given: set) -> list:
+    """'--option: checkpoint X, given Y' for every option on the command line that would
+    change a setting of the checkpoint's run."""
+    new = dict(zip(("model", "data", "train"), configs_from_args(args)))
+    saved = {"model": ckpt["model_config"], "data": ckpt["data_config"],
+             "train": ckpt["train_config"]}
+    checks = [(f"--{name.replace('_', '-')}", OPTION_FIELDS[name]) for name in sorted(given)
+              if name in OPTION_FIELDS]
+    if "preset" in given:
+        option = f"--preset {args.preset}"  # --full included
+        checks += [(f"{option} ({field})", (cfg, field)) for cfg, field in PRESET_FIELDS
+                   if not any(f == field for _, (_, f) in checks)
+                   # the preset's synthetic set matters only to a run on it
+                   and (field != "synthetic" or ckpt["data_config"]["source"] == "synthetic")]
+    conflicts = []
+    for option, (cfg, field) in checks:
+        before, after = saved[cfg].get(field), getattr(new[cfg], field)
+        if not _same(field, before, after):
+            conflicts.append(f"{option}: checkpoint {before!r}, given {after!r}")
+    return conflicts
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def cmd_train(args, argv) -> int:
     ckpt_path = Path(args.out) / "checkpoint.pt"
-    if args.resume and ckpt_path.is_file():
-        # The run's own settings, so that a resume needs only --out (and maybe --epochs).
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"--resume: no checkpoint at {ckpt_path} (is --out right?)")
+        if args.overwrite:
+            raise UsageError("--resume and --overwrite: pick one")
         ckpt = read_checkpoint(ckpt_path)
+        conflicts = resume_conflicts(ckpt, args, given_options(build_parser(), argv))
+        if conflicts:
+            raise UsageError(
+                f"--resume: these options differ from {ckpt_path}'s run: " + "; ".join(conflicts)
+                + " (only --epochs, --workers, --device and --no-progress may change; start a "
+                  "new --out to train with other settings)")
+        # The run's own settings, so that a resume needs only --out (and maybe --epochs).
         model_cfg = ModelConfig.from_dict(ckpt["model_config"])
         data_cfg = DataConfig.from_dict(ckpt["data_config"])
         train_cfg = TrainConfig.from_dict({
@@ -112,23 +281,41 @@ def cmd_train(args) -> int:
             "epochs": args.epochs or ckpt["train_config"]["epochs"]})
     else:
         model_cfg, data_cfg, train_cfg = configs_from_args(args)
-    summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume)
-    if summary["last_epoch"] is None:
-        print(f"nothing to do: {summary['checkpoint']} already has {train_cfg.epochs} epochs")
-    else:
-        print(f"checkpoint: {summary['checkpoint']}")
+    try:
+        summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume,
+                        overwrite=args.overwrite,
+                        log=print if _is_main_process() else (lambda *a: None))
+    except TrainingInterrupted as stop:
+        if _is_main_process():
+            if stop.checkpoint is None:
+                print("\ninterrupted before the first epoch ended; nothing saved", file=sys.stderr)
+            else:
+                print(f"\ninterrupted after epoch {stop.epoch}; resume with: {PROG} train --out "
+                      f"{args.out} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if _is_main_process():
+        if summary["last_epoch"] is None:
+            print(f"nothing to do: {summary['checkpoint']} already has {train_cfg.epochs} epochs")
+        else:
+            print(f"checkpoint: {summary['checkpoint']}")
     return 0
+
+
+def _data_config(args, defaults: DataConfig) -> DataConfig:
+    if args.data is None:
+        return defaults
+    size = _square(args.size) or tuple(defaults.size)
+    synthetic = None
+    if args.data == "synthetic":
+        synthetic = dict(defaults.synthetic or {}, size=size[0])
+    return DataConfig(source=args.data, format=args.data_format, labels=args.labels, size=size,
+                      synthetic=synthetic)
 
 
 def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
-    data_cfg = DataConfig.from_dict(ckpt["data_config"])
-    if args.data is not None:
-        size = args.size or data_cfg.size
-        size = (size[0], size[0]) if len(size) == 1 else tuple(size)
-        data_cfg = DataConfig(source=args.data, format=args.data_format, labels=args.labels,
-                              size=size, synthetic=data_cfg.synthetic if args.data == "synthetic" else None)
+    data_cfg = _data_config(args, DataConfig.from_dict(ckpt["data_config"]))
     dataset = load_dataset(data_cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     results = evaluate(model, dataset, ckpt["train_config"]["clip_len"], out, device=device,
@@ -140,13 +327,61 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_check_data(args) -> int:
+    data_cfg = DataConfig(source=args.data, format=args.data_format, labels=args.labels,
+                          size=_square(args.size) or (256, 256))
+    layout = "synthetic" if args.data == "synthetic" else (
+        detect_format(Path(args.data)) if Path(args.data).is_dir() and args.data_format == "auto"
+        else args.data_format)
+    train_set = load_dataset(data_cfg, test=False)
+    problems = check_videos(train_set.train)
+    print(f"{args.data} ({layout} layout): {len(train_set.train)} training videos, "
+          f"{sum(len(v) for v in train_set.train)} frames")
+    # Training goes on without test videos or labels, so their problems are listed apart.
+    try:
+        full = load_dataset(data_cfg)
+        labelled = f"{sum(int(lab.sum()) for lab in full.labels)} labelled anomalous"
+    except (OSError, ValueError) as exc:
+        problems.append(f"test set (needed by evaluate, not by train): {exc}")
+        try:
+            full, labelled = load_dataset(data_cfg, with_labels=False), "no labels"
+        except (OSError, ValueError):
+            full = None
+    if full is not None:
+        print(f"test set: {len(full.test)} videos, {sum(len(v) for v in full.test)} frames, "
+              f"{labelled}")
+        problems += check_videos(full.test)
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        raise UsageError(f"{len(problems)} problem(s) in {args.data}, listed above")
+    print("every file could be read")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return cmd_train(args)
-    if args.command == "evaluate":
-        return cmd_evaluate(args)
-    return run_demo(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args, argv)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "check-data":
+            return cmd_check_data(args)
+        return run_demo(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, OSError, ValueError) as exc:
+        # The expected failures: bad paths, unreadable files, bad settings. Anything else is
+        # a bug and keeps its traceback.
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -24,14 +24,18 @@ from memae_fused.anomaly.train import load_model, resolve_device, train
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="paper scale (256x256, N = 2000); for a GPU")
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo",
+                   help="results folder, one run folder per model in it (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs a previous demo left in --out (./dev.sh main passes it)")
     p.add_argument("--variants", default="memae,ae",
                    help="comma-separated models to compare (memae, ae, memae-nonspar)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="autocast dtype (default none; fp16 needs a GPU)")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU if any), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_demo(args) -> int:
@@ -54,9 +58,8 @@ def run_demo(args) -> int:
             print(f"synthetic set: {len(dataset.train)} normal training videos, {len(dataset.test)} "
                   f"test videos ({', '.join(dict.fromkeys(dataset.kinds))}), "
                   f"{syn['size']}x{syn['size']} frames, {syn['frames_per_video']} frames each")
-        (out / variant / "checkpoint.pt").unlink(missing_ok=True)
-        (out / variant / "train_log.jsonl").unlink(missing_ok=True)
-        trained = train(model_cfg, data_cfg, train_cfg, out / variant, dataset=dataset)
+        trained = train(model_cfg, data_cfg, train_cfg, out / variant, dataset=dataset,
+                        overwrite=args.overwrite)
         model, _ = load_model(trained["checkpoint"], device)
         results = evaluate(model, dataset, train_cfg.clip_len, out / variant / "eval", device=device,
                            amp=args.amp, progress=not args.no_progress,

@@ -20,46 +20,40 @@ import torch
 
 from memae_fused.anomaly.data import ClipDataset, VideoDataset, frames_to_tensor
 from memae_fused.anomaly.models import MemAE
-from memae_fused.anomaly.train import autocast
+from memae_fused.anomaly.train import autocast, memory_backend
 
 
 # ----------------------------------------------------------------------------- metrics
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing the mean of their ranks."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve (higher score = more anomalous, label 1 = anomalous), by the
-    Mann-Whitney rank statistic; ties count one half. NaN when a class is missing."""
+def _scores_and_labels(scores, labels):
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(bool)
     if scores.shape != labels.shape:
         raise ValueError(f"{scores.size} scores but {labels.size} labels")
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    return scores, labels
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve (higher score = more anomalous, label 1 = anomalous), as
+    scikit-learn's roc_auc_score computes it (ties count one half). NaN when a class is
+    missing."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, labels = _scores_and_labels(scores, labels)
+    if labels.all() or not labels.any():
         return float("nan")
-    ranks = _average_ranks(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, scores))
 
 
 def roc_curve(scores, labels):
     """(false-positive rates, true-positive rates), one point per distinct threshold, from
-    (0, 0) to (1, 1)."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    order = np.argsort(-scores, kind="stable")
-    scores, labels = scores[order], labels[order]
-    last_of_group = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
-    tps = np.cumsum(labels)[last_of_group]
-    fps = np.cumsum(~labels)[last_of_group]
-    n_pos, n_neg = max(labels.sum(), 1), max((~labels).sum(), 1)
-    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
+    (0, 0) to (1, 1): scikit-learn's roc_curve with every point kept."""
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+    scores, labels = _scores_and_labels(scores, labels)
+    fpr, tpr, _ = sklearn_roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def regularity(errors: np.ndarray) -> np.ndarray:
@@ -132,9 +126,12 @@ def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not dataset.test or dataset.labels is None:
+        raise ValueError(f"{dataset.name} has no labelled test videos to evaluate on")
     device = torch.device(device)
     model = model.to(device).eval()
+    backend = memory_backend(model.config, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     errors = []
     for video in tqdm(dataset.test, desc="scoring test videos", disable=None if progress else True,
@@ -146,6 +143,8 @@ def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device
     results = {
         "dataset": dataset.name,
         "variant": model.config.variant,
+        "backend": backend,
+        "device": str(device),
         "clip_len": clip_len,
         "test_videos": len(errors),
         "frames": int(sum(len(e) for e in errors)),
@@ -245,14 +244,17 @@ def _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir: Path, dev
         with torch.no_grad(), autocast(device, amp):
             recon = model(x).recon.float()
         k = clip_len // 2
-        rows.append((dataset.test[i].name, centre, x[0, :, k].cpu(), recon[0, :, k].clamp(-1, 1).cpu()))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
-    for (name, centre, x, r), ax in zip(rows, axes):
+        rows.append((dataset.test[i].name, dataset.test[i].frame_name(centre), x[0, :, k].cpu(),
+                     recon[0, :, k].clamp(-1, 1).cpu()))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(8.5, 2.5 * len(rows)), squeeze=False)
+    for (name, frame, x, r), ax in zip(rows, axes):
         err = (r - x).pow(2).sum(0).sqrt()
         ax[0].imshow(x[0].numpy(), cmap="gray", vmin=-1, vmax=1)
         ax[1].imshow(r[0].numpy(), cmap="gray", vmin=-1, vmax=1)
-        ax[2].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=2)
-        ax[0].set_ylabel(f"{name}\nframe {centre}", fontsize=8)
+        shown_err = ax[2].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=2)
+        fig.colorbar(shown_err, ax=ax[2], fraction=0.046, pad=0.04,
+                     label="per-pixel L2 error on [-1, 1]")
+        ax[0].set_ylabel(f"{name}\nframe {frame}", fontsize=8)
         for a, title in zip(ax, ("input", "reconstruction", "|error|")):
             a.set_title(title, fontsize=9)
             a.set_xticks([])

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from memae_fused.anomaly.data import ClipDataset, DataConfig, VideoDataset, load_dataset
+from memae_fused import backends
+from memae_fused.anomaly.data import (ClipDataset, DataConfig, VideoDataset, check_videos,
+                                      load_dataset)
 from memae_fused.anomaly.models import MemAE, ModelConfig, build_model, memae_loss
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -64,9 +67,12 @@ RUNTIME_FIELDS = ("epochs", "num_workers", "device", "progress")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+        raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine")
     return device
 
 
@@ -75,7 +81,7 @@ def autocast(device: torch.device, amp: str):
     if dtype is None:
         return contextlib.nullcontext()
     if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 autocast needs a CUDA device; use --amp bf16 on the CPU")
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -130,7 +136,13 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises pickle's, zipfile's and its own errors
+        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by memae-fused train")
+    return ckpt
 
 
 def load_model(path, device="cpu"):
@@ -157,29 +169,93 @@ def _check_resumable(ckpt: dict, model_cfg, data_cfg, train_cfg, path: Path) -> 
                          "may change); start a new --out folder to train with new settings")
 
 
+def memory_backend(model_cfg: ModelConfig, device: torch.device) -> str:
+    """The memory backend the model's reads run on for `device` ("none" without memory)."""
+    if model_cfg.variant == "ae":
+        return "none"
+    try:
+        return backends.resolve(model_cfg.backend, device)
+    except RuntimeError as exc:
+        raise ValueError(f"--backend: {exc}") from None
+
+
+def _match_grad_strides(model: torch.nn.Module) -> None:
+    # A convolution's backward can return a weight gradient whose size-1 dims have other
+    # strides than the weight's (ConvTranspose3d with one output channel); DDP then warns
+    # "Grad strides do not match bucket view strides" and copies it into the bucket each step.
+    for p in model.parameters():
+        p.register_hook(lambda g, p=p: g if g.stride() == p.stride() else
+                        torch.empty_like(p).copy_(g))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during train(): `epoch` is the last epoch in `checkpoint` (None when no
+    checkpoint was written)."""
+
+    def __init__(self, epoch: Optional[int], checkpoint: Optional[Path]):
+        super().__init__(epoch, checkpoint)
+        self.epoch, self.checkpoint = epoch, checkpoint
+
+
+def _write_log(path: Path, records) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def existing_run(out_dir: Path) -> Optional[Path]:
+    """The file that makes out_dir hold a run already (checkpoint or training log), or None."""
+    for name in (CHECKPOINT_NAME, "train_log.jsonl"):
+        if (out_dir / name).exists():
+            return out_dir / name
+    return None
+
+
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir,
-          resume: bool = False, dataset: Optional[VideoDataset] = None, log=print) -> dict:
-    """Train on dataset.train (loaded from data_cfg unless given) and write
-    out_dir/checkpoint.pt after every epoch and out_dir/train_log.jsonl. With resume=True and
-    a checkpoint in out_dir, continue from it; the result is the same as an uninterrupted run.
+          resume: bool = False, dataset: Optional[VideoDataset] = None, log=print,
+          overwrite: bool = False) -> dict:
+    """Train on dataset.train (loaded from data_cfg unless given; every training file is
+    checked before the first step) and write out_dir/checkpoint.pt after every epoch and
+    out_dir/train_log.jsonl. With resume=True, continue from out_dir's checkpoint; the result
+    is the same as an uninterrupted run. Without it, an out_dir that already holds a run is
+    refused unless overwrite=True (which replaces its checkpoint and log). A run folder this
+    call created is removed again if it stops before the first checkpoint.
     Returns a summary: the trained model, checkpoint path, epochs, last epoch's losses
-    (None when the checkpoint already had them all), seconds."""
+    (None when the checkpoint already had them all), memory backend, device, seconds."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    if not resume and existing_run(out_dir) is not None and not overwrite:
+        raise FileExistsError(f"--out {out_dir} already holds a run ({existing_run(out_dir).name}); "
+                              "continue it with --resume, or pass --overwrite to replace it")
     device = resolve_device(train_cfg.device)
+    autocast(device, train_cfg.amp)  # refuses fp16 on the CPU before any work
     ctx = _distributed_setup(device)
     if device.type == "cuda" and ctx.world_size > 1:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
+    created = not out_dir.exists()
+    saved_epoch = None  # the epoch in ckpt_path
     try:
-        ckpt_path = out_dir / CHECKPOINT_NAME
         ckpt = None
-        if resume and ckpt_path.is_file():
+        if resume:
             ckpt = read_checkpoint(ckpt_path)
             _check_resumable(ckpt, model_cfg, data_cfg, train_cfg, ckpt_path)
+        backend = memory_backend(model_cfg, device)
+        dataset = dataset if dataset is not None else load_dataset(data_cfg, test=False)
+        problems = check_videos(dataset.train)
+        if problems:
+            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise ValueError(f"{len(problems)} unreadable training input(s) (memae-fused "
+                             f"check-data lists them all): {shown}")
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                for name in (CHECKPOINT_NAME, "train_log.jsonl"):
+                    (out_dir / name).unlink(missing_ok=True)
 
         torch.manual_seed(train_cfg.seed)
         model = build_model(model_cfg).to(device)
@@ -192,10 +268,13 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             scaler.load_state_dict(ckpt["scaler"])
             torch.set_rng_state(ckpt["torch_rng"])
             start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+            saved_epoch = start_epoch
             if ctx.is_main:
+                # The log is the checkpoint's history: an epoch logged after it was saved
+                # (a stop between the two) is trained and logged again.
+                _write_log(out_dir / "train_log.jsonl", history)
                 log(f"resuming {ckpt_path} after epoch {start_epoch}")
 
-        dataset = dataset if dataset is not None else load_dataset(data_cfg)
         clips = ClipDataset(dataset.train, train_cfg.clip_len, train_cfg.clip_stride)
         # Seeded per epoch (seed + epoch), so a resumed run draws the same order.
         sampler = DistributedSampler(clips, num_replicas=ctx.world_size, rank=ctx.rank,
@@ -208,15 +287,17 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                             persistent_workers=train_cfg.num_workers > 0)
         net = model
         if ctx.world_size > 1:
+            _match_grad_strides(model)
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         alpha = model_cfg.effective_entropy_weight
 
-        if ctx.is_main:
+        if ctx.is_main and start_epoch < train_cfg.epochs:
             params = sum(p.numel() for p in model.parameters())
             log(f"training {model_cfg.variant} ({params / 1e6:.2f} M parameters) on "
                 f"{dataset.name}: {len(clips)} clips of {train_cfg.clip_len} frames, "
                 f"{len(loader)} batches of {train_cfg.batch_size} per epoch per process, "
-                f"{ctx.world_size} process(es) on {device.type}, amp={train_cfg.amp}")
+                f"{ctx.world_size} process(es) on {device}, amp={train_cfg.amp}, memory "
+                f"backend {backend}" + (" (auto)" if model_cfg.backend == "auto" and backend != "none" else ""))
         started = time.time()
         for epoch in range(start_epoch, train_cfg.epochs):
             sampler.set_epoch(epoch)
@@ -242,21 +323,29 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                 dist.all_reduce(sums)
             n = max(sums[3].item(), 1.0)
             record = {"epoch": epoch + 1, "loss": sums[0].item() / n, "recon": sums[1].item() / n,
-                      "entropy": sums[2].item() / n, "seconds": time.time() - epoch_start}
+                      "entropy": sums[2].item() / n, "seconds": time.time() - epoch_start,
+                      "backend": backend, "device": str(device)}
             history.append(record)
             if ctx.is_main:
                 log(f"{model_cfg.variant} epoch {epoch + 1}/{train_cfg.epochs}  loss "
                     f"{record['loss']:.5f}  recon {record['recon']:.5f}  entropy "
                     f"{record['entropy']:.4f}  {record['seconds']:.1f} s")
-                with open(out_dir / "train_log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
                 save_checkpoint(_checkpoint_state(model, optimizer, scaler, epoch + 1, model_cfg,
                                                   data_cfg, train_cfg, history), ckpt_path)
+                with open(out_dir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            saved_epoch = epoch + 1
             if ctx.world_size > 1:
                 dist.barrier()
         return {"model": model, "checkpoint": str(ckpt_path), "epochs": train_cfg.epochs,
                 "last_epoch": history[-1] if train_cfg.epochs > start_epoch else None,
-                "seconds": time.time() - started}
+                "backend": backend, "device": str(device), "seconds": time.time() - started}
+    except BaseException as exc:
+        if created and ctx.is_main and out_dir.is_dir() and not ckpt_path.exists():
+            shutil.rmtree(out_dir)  # created by this call and holding no checkpoint yet
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+            raise TrainingInterrupted(saved_epoch, ckpt_path if saved_epoch else None) from None
+        raise
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()

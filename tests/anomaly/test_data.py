@@ -5,18 +5,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from memae_fused.anomaly.data import (ANOMALY_KINDS, ClipDataset, DataConfig, SyntheticConfig,
-                              load_dataset, load_frames_folder, load_ucsd, synthetic_dataset)
+                                      check_videos, detect_format, load_dataset,
+                                      load_frames_folder, load_ucsd, synthetic_dataset)
+from data_folders import make_frames_folder, make_ucsd, write_frames, write_video
 
 SIZE = (24, 32)
-
-
-def write_frames(folder, values, suffix=".jpg", name="{:04d}"):
-    folder.mkdir(parents=True)
-    for i, v in enumerate(values):
-        Image.fromarray(np.full((48, 64), v, np.uint8)).save(folder / (name.format(i) + suffix))
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -90,21 +84,6 @@ def test_clip_dataset():
 # ----------------------------------------------------------------------------- UCSD
 
 
-def make_ucsd(root, with_m_file=True):
-    write_frames(root / "Train" / "Train001", [10] * 5, ".tif", "{:03d}")
-    write_frames(root / "Train" / "Train002", [20] * 4, ".tif", "{:03d}")
-    write_frames(root / "Test" / "Test001", [30] * 6, ".tif", "{:03d}")
-    write_frames(root / "Test" / "Test002", [40] * 7, ".tif", "{:03d}")
-    # Masks for Test001: frames 2 and 3 (0-based) anomalous.
-    write_frames(root / "Test" / "Test001_gt", [0, 0, 255, 1, 0, 0], ".bmp", "{:03d}")
-    (root / "Train" / ".DS_Store").write_text("")
-    if with_m_file:
-        (root / "Test" / "UCSDped2.m").write_text(
-            "TestVideoFile = {};\n"
-            "TestVideoFile{end+1}.gt_frame = [3:4];\n"
-            "TestVideoFile{end+1}.gt_frame = [1:2, 6:7];\n")
-
-
 def test_ucsd_loader(tmp_path):
     root = tmp_path / "UCSDped2"
     make_ucsd(root)
@@ -140,16 +119,6 @@ def test_ucsd_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- frames folder
-
-
-def make_frames_folder(root, labels_shape=(1, -1)):
-    write_frames(root / "training" / "frames" / "01", [10] * 5)
-    write_frames(root / "training" / "frames" / "02", [20] * 6)
-    write_frames(root / "testing" / "frames" / "01", [30] * 4)
-    # Unpadded names: natural order puts 2.jpg before 10.jpg.
-    write_frames(root / "testing" / "frames" / "02", list(range(0, 120, 10)), name="{:d}")
-    labels = np.array([0, 1, 1, 0] + [0] * 6 + [1] * 6, np.uint8).reshape(labels_shape)
-    np.save(root / "frame_labels_toy.npy", labels)
 
 
 def test_frames_folder_loader(tmp_path):
@@ -190,27 +159,12 @@ def test_frames_folder_errors(tmp_path):
         load_dataset(DataConfig(source=str(tmp_path)))
 
 
-def write_video(path, values):
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for v in values:
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), v, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
 def test_video_files(tmp_path):
-    # Avenue's original layout: training_videos/01.avi, testing_videos/01.avi.
+    # Avenue's original layout, found by format "auto": training_videos/01.avi, testing_videos/.
     root = tmp_path / "avenue"
     write_video(root / "training_videos" / "01.avi", [50] * 6)
     write_video(root / "testing_videos" / "01.avi", [100] * 5)
     write_video(root / "testing_videos" / "02.mp4", [200] * 3)
-    (root / "training").mkdir()
-    (root / "testing").mkdir()
     np.save(root / "frame_labels_avenue.npy", np.array([0, 0, 1, 1, 0, 1, 0, 0], np.uint8))
     data = load_dataset(DataConfig(source=str(root), size=SIZE))
     assert [len(v) for v in data.train] == [6] and [len(v) for v in data.test] == [5, 3]
@@ -222,3 +176,60 @@ def test_video_files(tmp_path):
     (root / "training_videos" / "bad.avi").write_bytes(b"not a video")
     with pytest.raises(OSError, match="cannot decode video"):
         len(load_dataset(DataConfig(source=str(root), size=SIZE)).train[1])
+    data = load_dataset(DataConfig(source=str(root), size=SIZE), test=False)
+    problems = check_videos(data.train)
+    assert len(problems) == 1 and problems[0].startswith(f"{root / 'training_videos' / 'bad.avi'}: ")
+
+
+# ----------------------------------------------------------------------------- training only, checks
+
+
+def test_layouts_are_detected(tmp_path):
+    for folders, layout in ((("Train", "Test"), "ucsd"), (("Train",), "ucsd"),
+                            (("training", "testing"), "frames"),
+                            (("training_videos", "testing_videos"), "frames")):
+        root = tmp_path / "_".join(folders)
+        for folder in folders:
+            (root / folder).mkdir(parents=True)
+        assert detect_format(root) == layout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="see --data-format"):
+        detect_format(tmp_path / "empty")
+
+
+def test_training_needs_neither_test_videos_nor_labels(tmp_path):
+    root = tmp_path / "ped"
+    make_ucsd(root)
+    shutil.rmtree(root / "Test")
+    data = load_dataset(DataConfig(source=str(root), size=SIZE), test=False)
+    assert [len(v) for v in data.train] == [5, 4] and data.test == [] and data.labels == []
+    with pytest.raises(FileNotFoundError, match="Test is not a folder"):
+        load_dataset(DataConfig(source=str(root), size=SIZE))
+    root = tmp_path / "avenue"
+    make_frames_folder(root)
+    (root / "frame_labels_toy.npy").unlink()
+    shutil.rmtree(root / "testing")
+    assert len(load_frames_folder(root, size=SIZE, test=False).train) == 2
+    write_frames(root / "testing" / "frames" / "01", [30] * 4)
+    with pytest.raises(FileNotFoundError, match="with --labels FILE"):
+        load_frames_folder(root, size=SIZE)
+    with pytest.raises(FileNotFoundError, match="--labels: label file .*nope.npy does not exist"):
+        load_frames_folder(root, root / "nope.npy", SIZE)
+    (root / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="--labels: cannot read .*bad.npy"):
+        load_frames_folder(root, root / "bad.npy", SIZE)
+
+
+def test_check_finds_every_unreadable_frame(tmp_path):
+    root = tmp_path / "avenue"
+    make_frames_folder(root)
+    data = load_frames_folder(root, size=SIZE)
+    assert check_videos(data.train + data.test) == []
+    garbage = root / "training" / "frames" / "01" / "0002.jpg"
+    garbage.write_bytes(b"not an image")
+    truncated = root / "testing" / "frames" / "02" / "7.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    problems = check_videos(data.train + data.test)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{garbage}: ") and problems[1].startswith(f"{truncated}: ")
+    assert data.test[1].frame_name(0) == "0.jpg" and data.train[0].frame_name(4) == "0004.jpg"

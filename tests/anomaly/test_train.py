@@ -1,16 +1,19 @@
 """Training, exact resume, evaluation metrics on known cases, the CLI, and DDP with gloo."""
 
+import contextlib
 import json
 import os
 import socket
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from memae_fused.anomaly import cli
-from memae_fused.anomaly.data import ArrayVideo, DataConfig, VideoDataset
+from data_folders import make_ucsd
+from memae_fused.anomaly.data import ArrayVideo, DataConfig, VideoDataset, load_dataset
 from memae_fused.anomaly.evaluate import (addressing_stats, auroc, evaluate, regularity, roc_curve,
                                   video_errors)
 from memae_fused.anomaly.models import AEOutput, ModelConfig, build_model
@@ -70,7 +73,7 @@ def test_resume_rejects_changed_settings(tmp_path):
 
 def test_fp16_on_cpu_is_refused(tmp_path):
     model_cfg, data_cfg, train_cfg = tiny(epochs=1, amp="fp16", device="cpu")
-    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
         train(model_cfg, data_cfg, train_cfg, tmp_path, log=quiet)
 
 
@@ -102,6 +105,17 @@ def test_roc_curve_area_matches_auroc():
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     area = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)
     assert area == pytest.approx(auroc(scores, labels), abs=1e-12)
+
+
+def test_auroc_is_the_mann_whitney_statistic():
+    # scikit-learn's AUROC against the rank statistic it equals (ties counted one half).
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 30, 400).astype(float)
+    labels = rng.random(400) < 0.2 + scores / 60
+    u = mannwhitneyu(scores[labels], scores[~labels]).statistic
+    assert auroc(scores, labels) == pytest.approx(u / (labels.sum() * (~labels).sum()), abs=1e-12)
 
 
 def test_regularity():
@@ -155,6 +169,29 @@ def test_evaluate_on_a_known_case(tmp_path):
     assert evaluate(BlackReconstruction(), flipped, 1, tmp_path, plots=False, progress=False)["auc"] == 0.0
 
 
+def test_example_plot_names_frames_as_the_files_do(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    root = tmp_path / "UCSDped2"
+    make_ucsd(root)
+    figures = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        figures[Path(path).name] = [(ax.get_ylabel(), ax.get_title()) for ax in fig.axes]
+        real_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    data = load_dataset(DataConfig(source=str(root), size=(8, 8)))
+    evaluate(BlackReconstruction(), data, clip_len=1, out_dir=tmp_path / "eval", progress=False)
+    labels = figures["examples.png"]
+    # Test001's anomalous span starts at its file 002.tif; each error map has a colour bar.
+    assert labels[0][0] == "Test001\nframe 002.tif"
+    rows = [title for _, title in labels].count("input")
+    assert rows == 2 and [title for _, title in labels[:3]] == ["input", "reconstruction", "|error|"]
+    assert [ylabel for ylabel, _ in labels].count("per-pixel L2 error on [-1, 1]") == rows
+
+
 def test_addressing_stats_are_sparse_but_not_empty():
     torch.manual_seed(0)
     model = build_model(ModelConfig(channels=(4, 8, 8), num_slots=40)).eval()
@@ -167,37 +204,6 @@ def test_addressing_stats_are_sparse_but_not_empty():
                             torch.randn(1, 1, 2, 4, 4)) is None
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
-def test_cli_resume_and_evaluate(tmp_path, capsys):
-    model_cfg, data_cfg, train_cfg = tiny(epochs=1)
-    train(model_cfg, data_cfg, train_cfg, tmp_path / "run", log=quiet)
-    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
-                     "--no-progress"]) == 0
-    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
-    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"),
-                     "--no-plots", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "resuming" in out and "memae on synthetic: frame-level AUROC" in out
-    assert "non-zero weights per query" in out
-    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
-    assert set(results["auc_by_kind"]) == {"spatial", "temporal", "spatio-temporal"}
-    assert results["trained_epochs"] == 2
-
-
-def test_cli_train_options():
-    args = cli.build_parser().parse_args(
-        ["train", "--out", "x", "--preset", "paper", "--model", "memae-nonspar", "--size", "128",
-         "--num-slots", "500", "--similarity", "dot", "--temperature", "1", "--clip-len", "8"])
-    model_cfg, data_cfg, train_cfg = cli.configs_from_args(args)
-    assert model_cfg.channels == (96, 128, 256, 256) and model_cfg.decoder_channels == (256, 128, 96)
-    assert model_cfg.num_slots == 500 and model_cfg.similarity == "dot"
-    assert model_cfg.effective_shrink_thres == 0 and model_cfg.effective_entropy_weight == 0
-    assert data_cfg.size == (128, 128) and data_cfg.synthetic["size"] == 128
-    assert train_cfg.clip_len == 8 and train_cfg.lr == 1e-4
-
-
 # ----------------------------------------------------------------------------- DDP
 
 
@@ -206,15 +212,36 @@ def _ddp_worker(rank, world_size, port, out_dir):
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     model_cfg, data_cfg, train_cfg = tiny(epochs=1, device="cpu")
-    summary = train(model_cfg, data_cfg, train_cfg, out_dir, log=quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(model_cfg, data_cfg, train_cfg, out_dir, log=quiet)
     torch.save(summary["model"].state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    with open(os.path.join(out_dir, f"warnings{rank}.txt"), "w") as f:
+        f.write("\n".join(str(w.message) for w in caught))
+
+
+def _ddp_cli_worker(rank, world_size, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from memae_fused.anomaly import cli
+
+    with open(os.path.join(out_dir, f"stdout{rank}.txt"), "w") as f, contextlib.redirect_stdout(f):
+        status = cli.main(["train", "--out", os.path.join(out_dir, "run"), "--size", "32",
+                           "--channels", "4,8", "--num-slots", "8", "--epochs", "1",
+                           "--batch-size", "4", "--clip-len", "8", "--clip-stride", "16",
+                           "--device", "cpu", "--no-progress"])
+    assert status == 0
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_ddp_gloo_two_processes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt")
     rank1 = torch.load(tmp_path / "rank1.pt")
     ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
@@ -226,3 +253,12 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert ckpt["epoch"] == 1
     init = build_model(tiny()[0])
     assert not torch.equal(rank0["memory.memory"], init.memory.memory.detach())
+    for rank in (0, 1):
+        assert "Grad strides do not match" not in (tmp_path / f"warnings{rank}.txt").read_text()
+
+
+def test_ddp_cli_prints_from_rank_0_only(tmp_path):
+    mp.spawn(_ddp_cli_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0 = (tmp_path / "stdout0.txt").read_text()
+    assert rank0.count("checkpoint: ") == 1 and "2 process(es) on cpu" in rank0
+    assert (tmp_path / "stdout1.txt").read_text() == ""

@@ -54,23 +54,32 @@ def _parse_ucsd_m_file(path: Path) -> List[List[Tuple[int, int]]]:
     return spans
 
 
-def load_ucsd(root: Union[str, Path], size: Size = (256, 256)) -> VideoDataset:
+def load_ucsd(root: Union[str, Path], size: Size = (256, 256), test: bool = True,
+              with_labels: bool = True) -> VideoDataset:
     """UCSD Ped1/Ped2 as distributed: root/Train/Train001/001.tif ..., root/Test/Test001/...,
     pixel masks in root/Test/Test001_gt/ (a frame is anomalous if its mask has any non-zero
     pixel); test videos without a _gt folder take their frame ranges from the UCSDped*.m
-    file in root/Test (Ped1 ships masks for only some videos)."""
+    file in root/Test (Ped1 ships masks for only some videos). test=False loads the training
+    videos only (Test/ is then not needed); with_labels=False loads the test videos without
+    their labels (the data set's labels are then None)."""
     root = Path(root)
     layout = ("expected the UCSD layout: ROOT/Train/Train001/001.tif ..., "
               "ROOT/Test/Test001/001.tif ..., ROOT/Test/Test001_gt/001.bmp ...")
-    for sub in ("Train", "Test"):
+    for sub in ("Train", "Test") if test else ("Train",):
         if not (root / sub).is_dir():
             raise FileNotFoundError(f"{root / sub} is not a folder; {layout}")
     train_dirs = _numbered_dirs(root / "Train", "Train")
-    test_dirs = _numbered_dirs(root / "Test", "Test")
-    if not train_dirs or not test_dirs:
-        raise FileNotFoundError(f"no Train### or Test### video folders under {root}; {layout}")
+    if not train_dirs:
+        raise FileNotFoundError(f"no Train### video folders under {root / 'Train'}; {layout}")
     train = [_frame_folder_video(d, size) for d in train_dirs]
+    if not test:
+        return VideoDataset(root.name, train, [], [])
+    test_dirs = _numbered_dirs(root / "Test", "Test")
+    if not test_dirs:
+        raise FileNotFoundError(f"no Test### video folders under {root / 'Test'}; {layout}")
     test = [_frame_folder_video(d, size) for d in test_dirs]
+    if not with_labels:
+        return VideoDataset(root.name, train, test, None)
     m_files = sorted((root / "Test").glob("*.m"))
     m_spans = _parse_ucsd_m_file(m_files[0]) if m_files else None
     labels = []
@@ -92,7 +101,8 @@ def load_ucsd(root: Union[str, Path], size: Size = (256, 256)) -> VideoDataset:
             labels.append(lab)
         else:
             raise FileNotFoundError(f"no labels for {video.name}: neither {gt_dir} nor a "
-                                    f"gt_frame line for it in a UCSDped*.m file in {root / 'Test'}")
+                                    f"gt_frame line for it in a UCSDped*.m file in {root / 'Test'} "
+                                    "(both ship with the UCSD data set)")
     return VideoDataset(root.name, train, test, labels)
 
 
@@ -123,25 +133,37 @@ def _split_videos(root: Path, split: str, size: Size) -> List[Video]:
 
 
 def load_frames_folder(root: Union[str, Path], labels: Optional[Union[str, Path]] = None,
-                       size: Size = (256, 256)) -> VideoDataset:
+                       size: Size = (256, 256), test: bool = True,
+                       with_labels: bool = True) -> VideoDataset:
     """The common layout of Avenue and ShanghaiTech: root/training/frames/01/0000.jpg ...,
     root/testing/frames/01/..., and a label file frame_labels_<name>.npy (one 0/1 entry per
     test frame, all test videos concatenated in sorted order; shape (1, F) or (F,)).
-    `labels` defaults to the single frame_labels_*.npy in root."""
+    `labels` defaults to the single frame_labels_*.npy in root. test=False loads the
+    training videos only (no test videos or labels needed); with_labels=False loads the test
+    videos without their labels (the data set's labels are then None)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     train = _split_videos(root, "training", size)
+    if not test:
+        return VideoDataset(root.name, train, [], [])
     test = _split_videos(root, "testing", size)
+    if not with_labels:
+        return VideoDataset(root.name, train, test, None)
     if labels is None:
         found = sorted(root.glob("frame_labels_*.npy"))
         if len(found) != 1:
             raise FileNotFoundError(
                 f"expected exactly one frame_labels_<name>.npy in {root}, found "
-                f"{[p.name for p in found] or 'none'}; pass the label file explicitly")
+                f"{[p.name for p in found] or 'none'}; pass the label file with --labels FILE")
         labels = found[0]
     labels = Path(labels)
-    flat = np.load(labels).reshape(-1)
+    if not labels.is_file():
+        raise FileNotFoundError(f"--labels: label file {labels} does not exist")
+    try:
+        flat = np.load(labels).reshape(-1)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--labels: cannot read {labels} as a NumPy .npy array: {exc}") from None
     if not np.isin(flat, (0, 1)).all():
         raise ValueError(f"{labels} must hold only 0 and 1")
     lengths = [len(v) for v in test]

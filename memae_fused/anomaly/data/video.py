@@ -35,6 +35,14 @@ class Video:
         """uint8 (stop - start, H, W)."""
         raise NotImplementedError
 
+    def frame_name(self, index: int) -> str:
+        """How the data set names frame `index` (0-based): its file name where it has one."""
+        return f"index {index}"
+
+    def check(self) -> List[str]:
+        """Problems a cheap look finds (unreadable files, no frames), one line each."""
+        return [] if len(self) else [f"{self.name}: no frames"]
+
 
 class ArrayVideo(Video):
     def __init__(self, name: str, frames: np.ndarray):
@@ -80,6 +88,22 @@ class ImageFolderVideo(Video):
                 raise OSError(f"cannot read frame {path}: {exc}") from exc
         return np.stack(out) if out else np.zeros((0, *self.size), np.uint8)
 
+    def frame_name(self, index):
+        return self.paths[index].name
+
+    def check(self):
+        """Opens every frame's header (PIL's verify, no decoding)."""
+        from PIL import Image
+
+        problems = [] if self.paths else [f"{self.name}: no frames"]
+        for path in self.paths:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except Exception as exc:  # PIL raises many types for a bad file
+                problems.append(f"{path}: {type(exc).__name__}: {exc}")
+        return problems
+
 
 class VideoFileVideo(Video):
     """A video file (.avi, .mp4, ...) decoded with PyAV on first use and kept in memory
@@ -110,6 +134,21 @@ class VideoFileVideo(Video):
     def frames(self, start=0, stop=None):
         return self._decoded()[start:stop]
 
+    def check(self):
+        """Opens the container and decodes its first frame (the rest is read on first use)."""
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    return [f"{self.path}: no video stream"]
+                next(container.decode(video=0))
+        except StopIteration:
+            return [f"{self.path}: no frames"]
+        except Exception as exc:  # PyAV raises its own and OSError types for a bad file
+            return [f"{self.path}: {type(exc).__name__}: {exc}"]
+        return []
+
     def __getstate__(self):
         # DataLoader workers decode their own copy rather than receive a pickled one.
         return {**self.__dict__, "_frames": None}
@@ -117,17 +156,18 @@ class VideoFileVideo(Video):
 
 @dataclass
 class VideoDataset:
-    """Training videos (all normal) and test videos with per-frame labels (1 = anomalous).
-    kinds: the anomaly type of every test video, where known (the synthetic set)."""
+    """Training videos (all normal) and test videos with per-frame labels (1 = anomalous;
+    None when the test videos were loaded without them). kinds: the anomaly type of every
+    test video, where known (the synthetic set)."""
 
     name: str
     train: List[Video]
     test: List[Video]
-    labels: List[np.ndarray]
+    labels: Optional[List[np.ndarray]]
     kinds: Optional[List[str]] = None
 
     def __post_init__(self):
-        if len(self.labels) != len(self.test):
+        if self.labels is not None and len(self.labels) != len(self.test):
             raise ValueError(f"{len(self.test)} test videos but {len(self.labels)} label arrays")
 
 
@@ -151,6 +191,11 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         vi, start = self.index[i]
         return frames_to_tensor(self.videos[vi].frames(start, start + self.clip_len))
+
+
+def check_videos(videos: Sequence[Video]) -> List[str]:
+    """Every problem Video.check finds in these videos."""
+    return [problem for video in videos for problem in video.check()]
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:

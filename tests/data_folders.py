@@ -1,0 +1,49 @@
+"""Small data folders in the layouts the loaders read (UCSD, frames folders, video files),
+written with PIL and PyAV for the tests."""
+
+import numpy as np
+from PIL import Image
+
+
+def write_frames(folder, values, suffix=".jpg", name="{:04d}"):
+    folder.mkdir(parents=True)
+    for i, v in enumerate(values):
+        Image.fromarray(np.full((48, 64), v, np.uint8)).save(folder / (name.format(i) + suffix))
+
+
+def make_ucsd(root, with_m_file=True):
+    write_frames(root / "Train" / "Train001", [10] * 5, ".tif", "{:03d}")
+    write_frames(root / "Train" / "Train002", [20] * 4, ".tif", "{:03d}")
+    write_frames(root / "Test" / "Test001", [30] * 6, ".tif", "{:03d}")
+    write_frames(root / "Test" / "Test002", [40] * 7, ".tif", "{:03d}")
+    # Masks for Test001: frames 2 and 3 (0-based) anomalous.
+    write_frames(root / "Test" / "Test001_gt", [0, 0, 255, 1, 0, 0], ".bmp", "{:03d}")
+    (root / "Train" / ".DS_Store").write_text("")
+    if with_m_file:
+        (root / "Test" / "UCSDped2.m").write_text(
+            "TestVideoFile = {};\n"
+            "TestVideoFile{end+1}.gt_frame = [3:4];\n"
+            "TestVideoFile{end+1}.gt_frame = [1:2, 6:7];\n")
+
+
+def make_frames_folder(root, labels_shape=(1, -1)):
+    write_frames(root / "training" / "frames" / "01", [10] * 5)
+    write_frames(root / "training" / "frames" / "02", [20] * 6)
+    write_frames(root / "testing" / "frames" / "01", [30] * 4)
+    # Unpadded names: natural order puts 2.jpg before 10.jpg.
+    write_frames(root / "testing" / "frames" / "02", list(range(0, 120, 10)), name="{:d}")
+    labels = np.array([0, 1, 1, 0] + [0] * 6 + [1] * 6, np.uint8).reshape(labels_shape)
+    np.save(root / "frame_labels_toy.npy", labels)
+
+
+def write_video(path, values):
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for v in values:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), v, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
