@@ -1,8 +1,10 @@
 """memae-fused: a fused memory read for memory-augmented autoencoders (MemAE)."""
 
 from memae_fused.backends import available_backends
-from memae_fused.memory import FusedMemory, MemoryOutput
+from memae_fused import blocks
+from memae_fused.memory import BlockMemory, FusedMemory, MemoryOutput
 from memae_fused.ops import MemoryReadResult, memory_read
 
-__all__ = ["memory_read", "MemoryReadResult", "FusedMemory", "MemoryOutput", "available_backends"]
+__all__ = ["memory_read", "MemoryReadResult", "FusedMemory", "BlockMemory", "MemoryOutput",
+           "available_backends", "blocks"]
 __version__ = "0.1.0"

@@ -1,13 +1,16 @@
-"""FusedMemory: a drop-in for the released MemAE code's MemModule, on the fused op."""
+"""The memory modules on the fused op: FusedMemory (MemAE's, one query per feature position;
+a drop-in for the released code's MemModule) and BlockMemory (DAAD's, one query per block of
+the feature map)."""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from memae_fused.blocks import block_shape, from_blocks, to_blocks
 from memae_fused.ops import check_arguments, memory_read
 
 
@@ -107,4 +110,69 @@ class FusedMemory(nn.Module):
         att = None
         if return_att:
             att = res.att.reshape(batch, *spatial, self.num_slots).movedim(-1, 1)
+        return MemoryOutput(output, entropy, att)
+
+
+class BlockMemory(nn.Module):
+    """DAAD's block-wise memory (Hou et al., ICCV 2021) over a (B, C, H, W) feature map.
+
+    The map is cut into r_c x r_h x r_w blocks (memae_fused.blocks.to_blocks gives the
+    order), each block flattened into one query of dimension D = (C/r_c)(H/r_h)(W/r_w) that
+    addresses this module's memory (num_slots x D) through memory_read; the reads are put
+    back in place. Few queries (B * r_c * r_h * r_w) of long D: on a 64 x 64 x 64 map at
+    r_h = r_w = 8, r_c = 1 each of the B * 64 queries has D = 4096.
+
+    Args:
+        num_slots: N, the memory items.
+        feature_shape: (C, H, W) of the maps it will see.
+        division: (r_c, r_h, r_w); each must divide its dimension.
+        similarity, temperature, shrink_thres, backend: as memory_read's. The defaults follow
+            DAAD: cosine similarity, softmax at temperature 1, no shrinkage.
+
+    forward(x, return_att=False) returns a MemoryOutput with `output` (x's shape and
+    dtype), `entropy` (the mean addressing entropy over the blocks) and `att`
+    ((B, N, r_c, r_h, r_w) when asked for, else None).
+    """
+
+    def __init__(self, num_slots: int, feature_shape: Sequence[int],
+                 division: Sequence[int] = (1, 8, 8), similarity: str = "cosine",
+                 temperature: float = 1.0, shrink_thres: float = 0.0, backend: str = "auto"):
+        super().__init__()
+        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
+            raise ValueError(f"num_slots must be a positive int, got {num_slots!r}")
+        self.feature_shape, self.division = tuple(feature_shape), tuple(division)
+        self.block_shape = block_shape(self.feature_shape, self.division)
+        self.num_slots = num_slots
+        self.dim = math.prod(self.block_shape)
+        self.shrink_thres, self.similarity = shrink_thres, similarity
+        self.temperature, self.backend = temperature, backend
+        probe = torch.empty(1, self.dim)
+        check_arguments(probe, probe, shrink_thres, similarity, temperature, backend)
+        self.memory = nn.Parameter(torch.empty(num_slots, self.dim))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.dim)
+        nn.init.uniform_(self.memory, -bound, bound)
+
+    def extra_repr(self):
+        return (f"num_slots={self.num_slots}, feature_shape={self.feature_shape}, "
+                f"division={self.division}, dim={self.dim}, similarity={self.similarity!r}, "
+                f"temperature={self.temperature:g}, shrink_thres={self.shrink_thres:g}, "
+                f"backend={self.backend!r}")
+
+    def forward(self, x: torch.Tensor, return_att: bool = False) -> MemoryOutput:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.feature_shape:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be (B, *feature_shape) = (B, {', '.join(map(str, self.feature_shape))}), "
+                             f"got {shape}")
+        query = to_blocks(x, self.division)
+        res = memory_read(query, self.memory.to(dtype=x.dtype), shrink_thres=self.shrink_thres,
+                          similarity=self.similarity, temperature=self.temperature,
+                          backend=self.backend, return_att=return_att)
+        output = from_blocks(res.read, x.shape, self.division)
+        entropy = res.entropy.mean() if res.entropy.numel() else res.entropy.sum()
+        att = None
+        if return_att:
+            att = res.att.reshape(x.shape[0], *self.division, self.num_slots).movedim(-1, 1)
         return MemoryOutput(output, entropy, att)

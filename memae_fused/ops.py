@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -71,16 +72,21 @@ def memory_read(query, memory, *, shrink_thres, similarity="cosine", temperature
     with L1 renormalisation, then the weighted read of the slots. Returns
     MemoryReadResult(read (Q, C), entropy (Q,), att), differentiable in query and memory.
     `att` (Q, N) is computed only when return_att=True, by a separate unfused pass, since
-    the fused kernels never hold it.
+    the fused kernels never hold it. Inputs a backend's kernels cannot take (the Triton
+    kernels on a GPU fit at most 512 channels, 256 in float64) run on the next backend in
+    "auto"'s order, with a warning when that backend was asked for by name.
     """
     check_arguments(query, memory, shrink_thres, similarity, temperature, backend)
     name = backends.resolve(backend, query.device)
     reason = backends.input_reason(name, query)
     if reason is not None:
+        # Only the Triton kernels refuse inputs (channels wider than their GPU tiles, such as
+        # DAAD's block queries): the next backend that takes them runs instead.
+        fallback = backends.fallback_after(name, query.device)
         if backend != "auto":
-            raise ValueError(f"backend={backend!r} cannot take these inputs: {reason}; "
-                             "use backend='cuda' or 'auto'")
-        name = backends.fallback_after(name, query.device)
+            warnings.warn(f"backend={backend!r} cannot take these inputs ({reason}); "
+                          f"running them on backend={fallback!r}", stacklevel=2)
+        name = fallback
     cosine = similarity == "cosine"
     if query.shape[0] == 0:
         # Empty batch: no kernel launch, but keep both inputs in the graph so that backward

@@ -21,6 +21,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from memae_fused.anomaly.arguments import (COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, THRESHOLD,
+                                           ints)
 from memae_fused.anomaly.data import DataConfig, check_videos, detect_format, load_dataset
 from memae_fused.anomaly.demo import add_demo_arguments, run_demo
 from memae_fused.anomaly.evaluate import evaluate, format_results
@@ -47,14 +49,13 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_ERROR)
 
 
-def _ints(text: str):
-    try:
-        values = tuple(int(t) for t in text.replace("x", ",").split(",") if t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 256 or 256x256, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _absolute(data: str) -> str:
+    """A data source with its folder made absolute, so that a checkpoint's data path still
+    holds when it is resumed or evaluated from another folder."""
+    prefix, sep, path = data.rpartition(":") if ":" in data and not Path(data).exists() else ("", "", data)
+    if path in ("synthetic", "digits", "synthetic-defects"):
+        return data
+    return f"{prefix}{sep}{Path(path).expanduser().resolve()}"
 
 
 def _square(size):
@@ -78,7 +79,7 @@ def add_data_arguments(p: argparse.ArgumentParser, size_help: str) -> None:
                         "frame_labels_<name>.npy of 0/1 per test frame, all test videos in "
                         "sorted order (default: the one frame_labels_*.npy in --data; UCSD "
                         "takes its labels from Test/Test###_gt/ and UCSDped*.m)")
-    g.add_argument("--size", type=_ints, metavar="HxW", help=size_help)
+    g.add_argument("--size", type=ints, metavar="HxW", help=size_help)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -107,34 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="memae", choices=VARIANTS,
                    help="memae (default), ae (no memory) or memae-nonspar (no shrinkage, no "
                         "entropy loss)")
-    m.add_argument("--channels", type=_ints, metavar="C1,C2,...",
+    m.add_argument("--channels", type=ints, metavar="C1,C2,...",
                    help="encoder widths, e.g. 96,128,256,256 (their count is the depth)")
-    m.add_argument("--decoder-channels", type=_ints, metavar="C1,C2,...",
+    m.add_argument("--decoder-channels", type=ints, metavar="C1,C2,...",
                    help="widths of every decoder stage but the last (default: the encoder's, "
                         "mirrored)")
-    m.add_argument("--num-slots", type=int, metavar="N", help="memory size N")
-    m.add_argument("--shrink-thres", type=float, metavar="LAMBDA",
+    m.add_argument("--num-slots", type=POSITIVE_INT, metavar="N", help="memory size N")
+    m.add_argument("--shrink-thres", type=THRESHOLD, metavar="LAMBDA",
                    help="hard-shrinkage threshold lambda (default 1/N)")
     m.add_argument("--similarity", default="cosine", choices=("cosine", "dot"),
                    help="addressing similarity (default cosine, as in the paper)")
-    m.add_argument("--temperature", type=float, default=0.05,
+    m.add_argument("--temperature", type=POSITIVE, default=0.05,
                    help="softmax temperature of the addressing (default 0.05)")
-    m.add_argument("--entropy-weight", type=float, default=0.0002, metavar="ALPHA",
+    m.add_argument("--entropy-weight", type=NON_NEGATIVE, default=0.0002, metavar="ALPHA",
                    help="weight of the addressing entropy in the loss (default 0.0002)")
     m.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="memory-read kernel: auto (default: triton, then cuda on a GPU; cpp "
                         "on the CPU; reference where none is available), cpp (the compiled CPU "
                         "op), cuda (the compiled CUDA op), triton, reference (plain PyTorch)")
     o = t.add_argument_group("training")
-    o.add_argument("--epochs", type=int, help="total epochs (a resumed run continues up to it)")
-    o.add_argument("--batch-size", type=int, help="clips per batch per process")
-    o.add_argument("--lr", type=float, help="Adam learning rate")
-    o.add_argument("--clip-len", type=int, default=16, help="frames per clip (default 16)")
-    o.add_argument("--clip-stride", type=int, help="frames between the starts of training clips")
+    o.add_argument("--epochs", type=POSITIVE_INT, help="total epochs (a resumed run continues up to it)")
+    o.add_argument("--batch-size", type=POSITIVE_INT, help="clips per batch per process")
+    o.add_argument("--lr", type=POSITIVE, help="Adam learning rate")
+    o.add_argument("--clip-len", type=POSITIVE_INT, default=16, help="frames per clip (default 16)")
+    o.add_argument("--clip-stride", type=POSITIVE_INT, help="frames between the starts of training clips")
     o.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
                    help="autocast dtype (default none: float32; fp16 needs a GPU)")
-    o.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    o.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    o.add_argument("--workers", type=COUNT, default=0, help="DataLoader workers (default 0)")
+    o.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     o.add_argument("--device", default="auto", help="auto (default: the GPU if any), cpu, cuda, cuda:N")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     r = t.add_argument_group("run folder")
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(e, "frame size HxW or one number (default: the checkpoint's)")
     e.set_defaults(data=None)
     e.add_argument("--out", metavar="DIR", help="results folder (default: the checkpoint's folder/eval)")
-    e.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
+    e.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="clips per batch (default 16)")
     e.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
                    help="autocast dtype (default none; fp16 needs a GPU)")
     e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -187,6 +188,7 @@ def configs_from_args(args):
         "decoder_channels", "num_slots", "shrink_thres", "similarity", "temperature",
         "entropy_weight", "backend", "epochs", "batch_size", "lr", "clip_len", "clip_stride",
         "amp", "workers", "seed", "device")}
+    options["data"] = _absolute(options["data"])
     return run_configs(**options, progress=not args.no_progress)
 
 
@@ -266,7 +268,10 @@ def cmd_train(args, argv) -> int:
         if args.overwrite:
             raise UsageError("--resume and --overwrite: pick one")
         ckpt = read_checkpoint(ckpt_path)
-        conflicts = resume_conflicts(ckpt, args, given_options(build_parser(), argv))
+        given = given_options(build_parser(), argv)
+        if "data" not in given:
+            args.data = ckpt["data_config"]["source"]
+        conflicts = resume_conflicts(ckpt, args, given)
         if conflicts:
             raise UsageError(
                 f"--resume: these options differ from {ckpt_path}'s run: " + "; ".join(conflicts)
@@ -295,7 +300,8 @@ def cmd_train(args, argv) -> int:
         return EXIT_INTERRUPTED
     if _is_main_process():
         if summary["last_epoch"] is None:
-            print(f"nothing to do: {summary['checkpoint']} already has {train_cfg.epochs} epochs")
+            print(f"nothing to do: {summary['checkpoint']} has {summary['start_epoch']} epochs "
+                  f"already (--epochs {train_cfg.epochs})")
         else:
             print(f"checkpoint: {summary['checkpoint']}")
     return 0
@@ -323,24 +329,37 @@ def cmd_evaluate(args) -> int:
                        progress=not args.no_progress,
                        extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
     print(format_results(results))
+    if results["auc"] != results["auc"]:
+        print(f"warning: the AUROC is undefined: the scored test frames of {dataset.name} hold "
+              "only one class (all normal or all anomalous)", file=sys.stderr)
     print(f"results: {out / 'results.json'}")
     return 0
 
 
+def _frame_count(videos, problems) -> int:
+    """Frames of the videos no problem names (a broken video file cannot be counted)."""
+    broken = " ".join(problems)
+    return sum(len(v) for v in videos if str(getattr(v, "path", "\0")) not in broken)
+
+
 def cmd_check_data(args) -> int:
-    data_cfg = DataConfig(source=args.data, format=args.data_format, labels=args.labels,
-                          size=_square(args.size) or (256, 256))
-    layout = "synthetic" if args.data == "synthetic" else (
-        detect_format(Path(args.data)) if Path(args.data).is_dir() and args.data_format == "auto"
-        else args.data_format)
+    data_cfg = DataConfig(source=_absolute(args.data), format=args.data_format, labels=args.labels,
+                          size=_square(args.size) or PRESETS["small"]["size"])
     train_set = load_dataset(data_cfg, test=False)
-    problems = check_videos(train_set.train)
+    layout = "synthetic" if args.data == "synthetic" else (
+        detect_format(Path(args.data)) if args.data_format == "auto" else args.data_format)
+    problems = check_videos(train_set.train, decode=True)
     print(f"{args.data} ({layout} layout): {len(train_set.train)} training videos, "
-          f"{sum(len(v) for v in train_set.train)} frames")
+          f"{_frame_count(train_set.train, problems)} readable frames")
     # Training goes on without test videos or labels, so their problems are listed apart.
     try:
         full = load_dataset(data_cfg)
-        labelled = f"{sum(int(lab.sum()) for lab in full.labels)} labelled anomalous"
+        anomalous = sum(int(lab.sum()) for lab in full.labels)
+        labelled = f"{anomalous} labelled anomalous"
+        total = sum(len(lab) for lab in full.labels)
+        if anomalous in (0, total):
+            problems.append(f"labels: {'no' if anomalous == 0 else 'every'} test frame is labelled "
+                            "anomalous, so AUROC is undefined")
     except (OSError, ValueError) as exc:
         problems.append(f"test set (needed by evaluate, not by train): {exc}")
         try:
@@ -348,14 +367,15 @@ def cmd_check_data(args) -> int:
         except (OSError, ValueError):
             full = None
     if full is not None:
-        print(f"test set: {len(full.test)} videos, {sum(len(v) for v in full.test)} frames, "
-              f"{labelled}")
-        problems += check_videos(full.test)
+        test_problems = check_videos(full.test, decode=True)
+        print(f"test set: {len(full.test)} videos, {_frame_count(full.test, test_problems)} "
+              f"readable frames, {labelled}")
+        problems += test_problems
     for problem in problems:
         print(f"  {problem}")
     if problems:
         raise UsageError(f"{len(problems)} problem(s) in {args.data}, listed above")
-    print("every file could be read")
+    print("every file could be decoded")
     return 0
 
 

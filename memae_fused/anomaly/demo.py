@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from memae_fused.anomaly.arguments import COUNT, POSITIVE_INT
 from memae_fused.anomaly.data import load_dataset
 from memae_fused.anomaly.evaluate import evaluate, format_results
 from memae_fused.anomaly.presets import run_configs
@@ -30,11 +31,11 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the runs a previous demo left in --out (./dev.sh main passes it)")
     p.add_argument("--variants", default="memae,ae",
                    help="comma-separated models to compare (memae, ae, memae-nonspar)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="override the preset's epochs")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                    help="autocast dtype (default none; fp16 needs a GPU)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU if any), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -175,9 +175,25 @@ def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device
     if plots:
         results["plots"] = _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir,
                                   device, amp)
-    with open(out_dir / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(results, out_dir / "results.json")
     return results
+
+
+def _json_safe(value):
+    # An undefined AUROC is NaN, which JSON has no word for: it is written as null.
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_results(results: dict, path: Path) -> None:
+    """results as strict JSON (NaN as null)."""
+    with open(path, "w") as f:
+        json.dump(_json_safe(results), f, indent=2, allow_nan=False)
 
 
 # ----------------------------------------------------------------------------- plots

@@ -1,6 +1,7 @@
-"""Run settings: the two presets and the (model, data, training) configs of one run.
+"""Run settings: the presets and the (model, data, training) configs of one run.
 
-"small" trains in minutes on a laptop CPU; "paper" is the paper's video model and training.
+Video: "small" trains in minutes on a laptop CPU; "paper" is the paper's video model and
+training. Images: one preset per kind of data set (IMAGE_PRESETS).
 """
 
 from __future__ import annotations
@@ -63,3 +64,4 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                             clip_stride=pick(clip_stride, "clip_stride"), amp=amp,
                             num_workers=workers, seed=seed, device=device, progress=progress)
     return model_cfg, data_cfg, train_cfg
+

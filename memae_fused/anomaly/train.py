@@ -225,6 +225,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file, not a run folder")
     ckpt_path = out_dir / CHECKPOINT_NAME
     if resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
@@ -339,7 +341,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                 dist.barrier()
         return {"model": model, "checkpoint": str(ckpt_path), "epochs": train_cfg.epochs,
                 "last_epoch": history[-1] if train_cfg.epochs > start_epoch else None,
-                "backend": backend, "device": str(device), "seconds": time.time() - started}
+                "start_epoch": start_epoch, "backend": backend, "device": str(device),
+                "seconds": time.time() - started}
     except BaseException as exc:
         if created and ctx.is_main and out_dir.is_dir() and not ckpt_path.exists():
             shutil.rmtree(out_dir)  # created by this call and holding no checkpoint yet

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_folders import make_frames_folder, make_ucsd
+from data_folders import make_frames_folder, make_ucsd, write_video
 from memae_fused import backends
 from memae_fused.anomaly import cli, train as train_module
 from memae_fused.anomaly.train import read_checkpoint
@@ -65,16 +65,24 @@ def train_tiny(data, out, capsys, *extra):
     (["train", "--out", "{tmp}/r", "--amp", "fp16", "--device", "cpu"], ["--amp fp16 needs a CUDA device"]),
     (["train", "--out", "{tmp}/r", "--device", "gpu7"], ["--device: 'gpu7' is not a device"]),
     (["train", "--out", "{tmp}/r", "--backend", "cuda", "--device", "cpu"], ["--backend"]),
-    (["train", "--out", "{tmp}/r", "--epochs", "0"], ["epochs must be >= 1"]),
+    (["train", "--out", "{tmp}/r", "--epochs", "0"], ["argument --epochs: must be >= 1, got 0"]),
     (["evaluate", "--checkpoint", "{tmp}/missing.pt"], ["missing.pt does not exist"]),
     (["evaluate", "--checkpoint", "{tmp}/avenue/frame_labels_toy.npy"], ["cannot read checkpoint"]),
     (["check-data", "--data", "{tmp}/nope"], ["nope does not exist"]),
+    (["evaluate", "--checkpoint", "x.pt", "--batch-size", "-1"], ["argument --batch-size: must be >= 1"]),
+    (["evaluate", "--checkpoint", "x.pt", "--batch-size", "0"], ["argument --batch-size: must be >= 1"]),
+    (["train", "--out", "{tmp}/r", "--size", "32x"], ["argument --size"]),
+    (["train", "--out", "{tmp}/r", "--channels", "4,,8"], ["argument --channels"]),
+    (["train", "--out", "{tmp}/r", "--entropy-weight", "-1"], ["argument --entropy-weight: must be >= 0"]),
+    (["train", "--out", "{tmp}/r", "--shrink-thres", "2"], ["argument --shrink-thres: must be >= 0 and < 1.0"]),
+    (["train", "--out", "{tmp}/r", "--lr", "0"], ["argument --lr: must be > 0"]),
+    (["train", "--out", "{tmp}/avenue/frame_labels_toy.npy"], ["frame_labels_toy.npy is a file"]),
 ])
 def test_expected_errors_are_one_line(tmp_path, avenue, capsys, argv, fragments):
     status, _, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
     assert_one_line_error(status, err, *fragments)
     assert "Traceback" not in err
-    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "r").exists() and (tmp_path / "avenue" / "frame_labels_toy.npy").is_file()
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
@@ -155,6 +163,22 @@ def test_resume_refuses_conflicting_options(avenue, tmp_path, capsys):
     assert "resuming" in stdout and read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
     status, _, err = run(["train", "--out", out, "--resume", "--overwrite"], capsys)
     assert_one_line_error(status, err, "--resume and --overwrite")
+    status, stdout, err = run(["train", "--out", out, "--resume", "--epochs", "1"], capsys)
+    assert status == 0 and "has 2 epochs already (--epochs 1)" in stdout, err
+
+
+def test_relative_data_paths_hold_from_another_folder(avenue, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(avenue.parent)
+    train_tiny("avenue", "run", capsys)
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["data_config"]["source"] == str(avenue)
+    monkeypatch.chdir(tmp_path.parent)
+    out = f"{tmp_path.name}/run"
+    status, _, err = run(["train", "--out", out, "--resume", "--epochs", "2", "--data",
+                          f"{tmp_path.name}/avenue", "--no-progress"], capsys)
+    assert status == 0, err
+    status, _, err = run(["evaluate", "--checkpoint", f"{out}/checkpoint.pt", "--no-plots",
+                          "--no-progress"], capsys)
+    assert status == 0, err
 
 
 def test_an_existing_run_is_never_overwritten(avenue, tmp_path, capsys):
@@ -213,7 +237,7 @@ def test_training_needs_no_labels_but_evaluation_does(avenue, tmp_path, capsys):
 def test_check_data_lists_every_unreadable_file_and_train_refuses_them(avenue, tmp_path, capsys):
     status, stdout, err = run(["check-data", "--data", avenue], capsys)
     assert status == 0, err
-    assert "2 training videos, 11 frames" in stdout and "2 videos, 16 frames, 8 labelled anomalous" in stdout
+    assert "2 training videos, 11 readable frames" in stdout and "2 videos, 16 readable frames, 8 labelled anomalous" in stdout
     bad_train = avenue / "training" / "frames" / "02" / "0003.jpg"
     bad_train.write_bytes(b"not an image")
     bad_test = avenue / "testing" / "frames" / "01" / "0001.jpg"
@@ -229,7 +253,38 @@ def test_check_data_lists_every_unreadable_file_and_train_refuses_them(avenue, t
     status, stdout, err = run(["check-data", "--data", avenue], capsys)
     assert_one_line_error(status, err, "2 problem(s)")
     assert "needed by evaluate, not by train" in stdout and str(bad_test) in stdout
-    assert "test set: 2 videos, 16 frames, no labels" in stdout
+    assert "test set: 2 videos, 16 readable frames, no labels" in stdout
+
+
+def test_check_data_decodes_every_file(tmp_path, capsys):
+    ucsd = tmp_path / "UCSDped2"
+    make_ucsd(ucsd)
+    frame = ucsd / "Train" / "Train001" / "002.tif"
+    frame.write_bytes(frame.read_bytes()[:300])  # a valid header, truncated pixels
+    videos = tmp_path / "avenue"
+    write_video(videos / "training_videos" / "01.avi", [50] * 6)
+    for name in ("02.avi", "03.avi"):
+        (videos / "training_videos" / name).write_bytes(b"not a video")
+    write_video(videos / "testing_videos" / "01.avi", [100] * 5)
+    np.save(videos / "frame_labels_avenue.npy", np.zeros(5, np.uint8))
+    status, stdout, err = run(["check-data", "--data", ucsd], capsys)
+    assert_one_line_error(status, err, "1 problem(s)")
+    assert str(frame) in stdout
+    status, stdout, err = run(["check-data", "--data", videos], capsys)
+    assert_one_line_error(status, err, "3 problem(s)")
+    assert "02.avi" in stdout and "03.avi" in stdout and "1 training videos" not in stdout
+    assert "3 training videos, 6 readable frames" in stdout
+    assert "no test frame is labelled anomalous, so AUROC is undefined" in stdout
+
+
+def test_an_undefined_auroc_is_said_and_written_as_null(avenue, tmp_path, capsys):
+    np.save(avenue / "frame_labels_toy.npy", np.zeros(16, np.uint8))
+    train_tiny(avenue, tmp_path / "run", capsys)
+    status, _, err = run(["evaluate", "--checkpoint", tmp_path / "run" / "checkpoint.pt",
+                          "--no-plots", "--no-progress"], capsys)
+    assert status == 0 and "warning: the AUROC is undefined" in err
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert results["auc"] is None
 
 
 def test_backend_and_device_are_logged_and_recorded(avenue, tmp_path, capsys):

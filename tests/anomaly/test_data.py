@@ -216,7 +216,10 @@ def test_training_needs_neither_test_videos_nor_labels(tmp_path):
     with pytest.raises(FileNotFoundError, match="--labels: label file .*nope.npy does not exist"):
         load_frames_folder(root, root / "nope.npy", SIZE)
     (root / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match="--labels: cannot read .*bad.npy"):
+    with pytest.raises(ValueError, match="--labels: .*bad.npy is not a NumPy .npy array"):
+        load_frames_folder(root, root / "bad.npy", SIZE)
+    np.save(root / "bad.npy", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"has shape \(2, 2\); expected \(F,\) or \(1, F\)"):
         load_frames_folder(root, root / "bad.npy", SIZE)
 
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from memae_fused.anomaly.models import (MemAE, ModelConfig, build_model, cifar_config, memae_loss,
-                                mnist_config, video_config)
+from memae_fused.anomaly.models import (DAAD, DAADConfig, MemAE, ModelConfig, build_model, cifar_config,
+                                      memae_loss, model_config_from_dict,
+                                      mnist_config, video_config)
 
 
 def small(**kw):
@@ -114,3 +115,25 @@ def test_wrong_input_shape():
 def test_config_round_trip():
     cfg = video_config(num_slots=10)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_daad_has_a_block_memory_on_every_scale():
+    config = DAADConfig(in_channels=3, image_size=(32, 48), channels=(8, 16, 32), division=(2, 8, 8),
+                        num_slots=20)
+    assert config.scale_shapes() == [(8, 16, 24), (16, 8, 12), (32, 4, 6)]
+    # gcd(8, 12) = 4, gcd(8, 6) = 2: the division is capped where a scale is smaller.
+    assert config.scale_divisions() == [(2, 8, 8), (2, 8, 4), (2, 4, 2)]
+    model = build_model(config)
+    assert isinstance(model, DAAD) and [m.dim for m in model.memories] == [4 * 2 * 3, 8 * 1 * 3, 16 * 1 * 3]
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    out = model(x, return_att=True)
+    assert out.recon.shape == x.shape and out.recon.abs().max() <= 1
+    assert [a.shape for a in out.att] == [(2, 20, 2, 8, 8), (2, 20, 2, 8, 4), (2, 20, 2, 4, 2)]
+    memae_loss(x, out, config.effective_entropy_weight)[0].backward()
+    for memory in model.memories:
+        assert memory.memory.grad is not None and memory.memory.grad.abs().sum() > 0
+    assert model_config_from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"expected input \(B, 3, 32, 48\)"):
+        model(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="must be divisible by 2\\^3 = 8"):
+        DAADConfig(image_size=(30, 32), channels=(8, 16, 32))

@@ -268,3 +268,11 @@ def test_address_sanitizer_catches_an_out_of_bounds_write():
     result = _run_under_asan("out_of_bounds")
     assert result.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in result.stderr, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_long_block_queries(emulated, dtype):
+    # DAAD's block queries: few of them, D = 64 * 8 * 8 = 4096 channels (32 column chunks).
+    query, memory, lam = draw_safe(64, 50, 4096, shrink_factor=0.0, similarity="cosine",
+                                   dtype=dtype)
+    compare(emulated, query, memory, lam, "cosine", TOLERANCES[dtype])

@@ -161,9 +161,14 @@ def load_frames_folder(root: Union[str, Path], labels: Optional[Union[str, Path]
     if not labels.is_file():
         raise FileNotFoundError(f"--labels: label file {labels} does not exist")
     try:
-        flat = np.load(labels).reshape(-1)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--labels: cannot read {labels} as a NumPy .npy array: {exc}") from None
+        array = np.load(labels)
+    except (OSError, ValueError):
+        raise ValueError(f"--labels: {labels} is not a NumPy .npy array (write one with "
+                         "numpy.save)") from None
+    if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[0] != 1):
+        raise ValueError(f"--labels: {labels} has shape {array.shape}; expected (F,) or (1, F), "
+                         "one entry per test frame")
+    flat = array.reshape(-1)
     if not np.isin(flat, (0, 1)).all():
         raise ValueError(f"{labels} must hold only 0 and 1")
     lengths = [len(v) for v in test]

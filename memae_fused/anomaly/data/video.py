@@ -39,8 +39,9 @@ class Video:
         """How the data set names frame `index` (0-based): its file name where it has one."""
         return f"index {index}"
 
-    def check(self) -> List[str]:
-        """Problems a cheap look finds (unreadable files, no frames), one line each."""
+    def check(self, decode: bool = False) -> List[str]:
+        """Problems a look at the files finds (unreadable files, no frames), one line each:
+        a cheap one (headers, first frame), or with decode=True a full decode."""
         return [] if len(self) else [f"{self.name}: no frames"]
 
 
@@ -91,15 +92,15 @@ class ImageFolderVideo(Video):
     def frame_name(self, index):
         return self.paths[index].name
 
-    def check(self):
-        """Opens every frame's header (PIL's verify, no decoding)."""
+    def check(self, decode=False):
+        """Opens every frame's header (PIL's verify), or decodes every frame."""
         from PIL import Image
 
         problems = [] if self.paths else [f"{self.name}: no frames"]
         for path in self.paths:
             try:
                 with Image.open(path) as image:
-                    image.verify()
+                    image.load() if decode else image.verify()
             except Exception as exc:  # PIL raises many types for a bad file
                 problems.append(f"{path}: {type(exc).__name__}: {exc}")
         return problems
@@ -134,15 +135,20 @@ class VideoFileVideo(Video):
     def frames(self, start=0, stop=None):
         return self._decoded()[start:stop]
 
-    def check(self):
-        """Opens the container and decodes its first frame (the rest is read on first use)."""
+    def check(self, decode=False):
+        """Opens the container and decodes its first frame (the rest is read on first use),
+        or every frame."""
         import av
 
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
                     return [f"{self.path}: no video stream"]
-                next(container.decode(video=0))
+                frames = container.decode(video=0)
+                next(frames)
+                if decode:
+                    for _ in frames:
+                        pass
         except StopIteration:
             return [f"{self.path}: no frames"]
         except Exception as exc:  # PyAV raises its own and OSError types for a bad file
@@ -193,9 +199,9 @@ class ClipDataset(torch.utils.data.Dataset):
         return frames_to_tensor(self.videos[vi].frames(start, start + self.clip_len))
 
 
-def check_videos(videos: Sequence[Video]) -> List[str]:
+def check_videos(videos: Sequence[Video], decode: bool = False) -> List[str]:
     """Every problem Video.check finds in these videos."""
-    return [problem for video in videos for problem in video.check()]
+    return [problem for video in videos for problem in video.check(decode)]
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -188,10 +188,6 @@ class MemAE(nn.Module):
         return AEOutput(h, entropy, att)
 
 
-def build_model(config: ModelConfig) -> MemAE:
-    return MemAE(config)
-
-
 def memae_loss(x: torch.Tensor, out: AEOutput, entropy_weight: float):
     """(total, reconstruction, entropy): mean squared error + alpha * mean addressing entropy,
     in float32 even under autocast."""
