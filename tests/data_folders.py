@@ -1,5 +1,5 @@
-"""Small data folders in the layouts the loaders read (UCSD, frames folders, video files),
-written with PIL and PyAV for the tests."""
+"""Small data folders in the layouts the loaders read (UCSD, frames folders, video files,
+MVTec-AD, anomalib's Folder layout), written with PIL and PyAV for the tests."""
 
 import numpy as np
 from PIL import Image
@@ -47,3 +47,50 @@ def write_video(path, values):
             frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), v, np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def write_image(path, value, shape=(24, 32), mode="RGB"):
+    """A flat image: `value` is a gray level or an RGB triple."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = 3 if mode == "RGB" else 1
+    array = np.empty((*shape, channels), np.uint8)
+    array[...] = value
+    Image.fromarray(array if channels == 3 else array[:, :, 0]).save(path)
+    return path
+
+
+def write_mask(path, box, shape=(24, 32)):
+    """A mask with 255 inside box = (top, left, bottom, right)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros(shape, np.uint8)
+    mask[box[0]:box[2], box[1]:box[3]] = 255
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def make_mvtec(root):
+    """root/bottle: train/good 3 images (unpadded names), test/good 2, test/crack 2,
+    test/broken 1, masks for every defect image."""
+    cat = root / "bottle"
+    for i in (1, 2, 10):
+        write_image(cat / "train" / "good" / f"{i}.png", (10 * i, 0, 0))
+    for i in (0, 1):
+        write_image(cat / "test" / "good" / f"{i:03d}.png", 50)
+    for i in (2, 10):
+        write_image(cat / "test" / "crack" / f"{i}.png", 100 + i)
+        write_mask(cat / "ground_truth" / "crack" / f"{i}_mask.png", (0, 0, 12, 16))
+    write_image(cat / "test" / "broken" / "000.png", 200)
+    write_mask(cat / "ground_truth" / "broken" / "000_mask.png", (12, 16, 24, 32))
+    (cat / "train" / "good" / ".DS_Store").write_text("")
+    return cat
+
+
+def make_folder(root, mask_names=("a_mask", "b", "c10_mask")):
+    for i, v in enumerate((10, 20, 30)):
+        write_image(root / "good" / f"n{i}.png", v, mode="L")
+    write_image(root / "good_test" / "t1.png", 40, mode="L")
+    for name, v in zip(("a", "b", "c10"), (100, 110, 120)):
+        write_image(root / "bad" / f"{name}.png", v, mode="L")
+    for name in mask_names:
+        write_mask(root / "masks" / f"{name}.png", (0, 0, 24, 16))
+    return root

@@ -1,4 +1,4 @@
-"""The `memae-fused` command: train, evaluate, check-data, demo.
+"""The `memae-fused` command: train, evaluate, check-data, one-class, demo.
 
   memae-fused train --data synthetic --model memae --out runs/memae
   memae-fused train --data /data/UCSDped2 --full --out runs/ped2 --amp bf16
@@ -6,6 +6,8 @@
   torchrun --nproc_per_node 4 -m memae_fused.anomaly.cli train --data /data/avenue --full --out runs/avenue
   memae-fused evaluate --checkpoint runs/ped2/checkpoint.pt
   memae-fused check-data --data /data/avenue
+  memae-fused train --data mvtec:/data/mvtec --category bottle --model daad --out runs/bottle
+  memae-fused one-class --data digits --out runs/digits
   memae-fused demo            (the README's main job; --full for the paper scale on a GPU)
 
 Expected problems (missing folders, unreadable files, bad options, a run that would be
@@ -23,11 +25,15 @@ from pathlib import Path
 
 from memae_fused.anomaly.arguments import (COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, THRESHOLD,
                                            ints)
-from memae_fused.anomaly.data import DataConfig, check_videos, detect_format, load_dataset
+from memae_fused.anomaly.data import (ONE_CLASS_SOURCES, DataConfig, ImageDataConfig, check_images,
+                                      check_videos, data_config_from_dict, detect_format,
+                                      image_source_kind, load_dataset, load_image_dataset)
 from memae_fused.anomaly.demo import add_demo_arguments, run_demo
 from memae_fused.anomaly.evaluate import evaluate, format_results
-from memae_fused.anomaly.models import VARIANTS, ModelConfig
-from memae_fused.anomaly.presets import PRESETS, run_configs
+from memae_fused.anomaly.evaluate_images import SCORE_REDUCTIONS, evaluate_images, format_image_results
+from memae_fused.anomaly.models import ALL_VARIANTS, DAAD_VARIANTS, model_config_from_dict
+from memae_fused.anomaly.one_class import format_table, run_one_class
+from memae_fused.anomaly.presets import PRESETS, image_preset, image_run_configs, run_configs
 from memae_fused.anomaly.train import (AMP_DTYPES, RUNTIME_FIELDS, TrainConfig, TrainingInterrupted,
                                        load_model, read_checkpoint, resolve_device, train)
 from memae_fused.backends import BACKENDS
@@ -65,11 +71,16 @@ def _square(size):
 def add_data_arguments(p: argparse.ArgumentParser, size_help: str) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic", metavar="PATH",
-                   help="'synthetic' (the embedded moving-shapes set; the default) or a data "
-                        "folder: UCSD Ped1/Ped2 (Train/Train001/001.tif ..., Test/), frames "
+                   help="video: 'synthetic' (the embedded moving-shapes set; the default) or a "
+                        "data folder: UCSD Ped1/Ped2 (Train/Train001/001.tif ..., Test/), frames "
                         "folders (training/frames/01/0000.jpg ..., testing/frames/: Avenue, "
                         "ShanghaiTech) or video files (training/videos/01.avi ... or Avenue's "
-                        "training_videos/ and testing_videos/)")
+                        "training_videos/ and testing_videos/). Images: 'digits' (scikit-learn's "
+                        "handwritten digits, one class normal), 'synthetic-defects' (an embedded "
+                        "MVTec-like set), 'mvtec:PATH' (a category folder, or the MVTec root with "
+                        "--category), 'folder:PATH' (anomalib's Folder layout: PATH/normal, "
+                        "PATH/abnormal, PATH/normal_test, optional masks), 'mnist:PATH', "
+                        "'cifar10:PATH'")
     g.add_argument("--data-format", default="auto", choices=("auto", "ucsd", "frames"),
                    help="layout of --data: 'ucsd' (Train/, Test/), 'frames' (training/ and "
                         "testing/ holding frames/ or videos/, or training_videos/ and "
@@ -80,6 +91,22 @@ def add_data_arguments(p: argparse.ArgumentParser, size_help: str) -> None:
                         "sorted order (default: the one frame_labels_*.npy in --data; UCSD "
                         "takes its labels from Test/Test###_gt/ and UCSDped*.m)")
     g.add_argument("--size", type=ints, metavar="HxW", help=size_help)
+
+
+def add_image_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image data (--data digits, synthetic-defects, mvtec:, folder:, mnist:, cifar10:)")
+    g.add_argument("--normal-class", type=COUNT, metavar="K",
+                   help="the normal class of a one-class set (digits, mnist, cifar10: 0-9)")
+    g.add_argument("--category", help="MVTec-AD category (with --data mvtec:ROOT)")
+    g.add_argument("--color", choices=("gray", "rgb"),
+                   help="image channels (default: gray for digits and MNIST, rgb otherwise)")
+    g.add_argument("--flips", action="store_true",
+                   help="random horizontal and vertical flips of the training images (DAAD's)")
+    g.add_argument("--normal-dir", default="normal", help="folder: the normal training images' folder")
+    g.add_argument("--abnormal-dir", default="abnormal", help="folder: the anomalous test images' folder")
+    g.add_argument("--normal-test-dir", default="normal_test",
+                   help="folder: the normal test images' folder")
+    g.add_argument("--mask-dir", help="folder: masks of the anomalous images (same stems, or stem_mask)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -97,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every epoch and OUT/train_log.jsonl. Every option left out "
                                    "takes the preset's value.")
     add_data_arguments(t, "frame size HxW, or one number for square frames (default: 64 with "
-                          "--preset small, 256 with paper)")
+                          "--preset small, 256 with paper; images: the data kind's preset)")
+    add_image_arguments(t)
     t.add_argument("--preset", default="small", choices=tuple(PRESETS),
                    help="'small' (default: minutes on a CPU) or 'paper' (the paper's video "
                         "model: widths 96-128-256-256, N = 2000, 256x256, lr 1e-4, batch 12, "
@@ -105,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--full", action="store_const", dest="preset", const="paper",
                    help="the same as --preset paper")
     m = t.add_argument_group("model")
-    m.add_argument("--model", default="memae", choices=VARIANTS,
-                   help="memae (default), ae (no memory) or memae-nonspar (no shrinkage, no "
-                        "entropy loss)")
+    m.add_argument("--model", default="memae", choices=ALL_VARIANTS,
+                   help="memae (default), ae (no memory), memae-nonspar (no shrinkage, no "
+                        "entropy loss) or daad (images: a U-Net with a block memory per scale)")
     m.add_argument("--channels", type=ints, metavar="C1,C2,...",
                    help="encoder widths, e.g. 96,128,256,256 (their count is the depth)")
     m.add_argument("--decoder-channels", type=ints, metavar="C1,C2,...",
@@ -116,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-slots", type=POSITIVE_INT, metavar="N", help="memory size N")
     m.add_argument("--shrink-thres", type=THRESHOLD, metavar="LAMBDA",
                    help="hard-shrinkage threshold lambda (default 1/N)")
-    m.add_argument("--similarity", default="cosine", choices=("cosine", "dot"),
-                   help="addressing similarity (default cosine, as in the paper)")
-    m.add_argument("--temperature", type=POSITIVE, default=0.05,
-                   help="softmax temperature of the addressing (default 0.05)")
+    m.add_argument("--similarity", choices=("cosine", "dot"),
+                   help="addressing similarity (default cosine, as in the papers)")
+    m.add_argument("--temperature", type=POSITIVE,
+                   help="softmax temperature of the addressing (default 0.05; daad: 1)")
+    m.add_argument("--division", type=ints, metavar="RC,RH,RW",
+                   help="daad: blocks per scale along channels, rows, columns (default 1,8,8 at "
+                        "256x256, 1,4,4 for small images; capped where a scale is smaller)")
     m.add_argument("--entropy-weight", type=NON_NEGATIVE, default=0.0002, metavar="ALPHA",
                    help="weight of the addressing entropy in the loss (default 0.0002)")
     m.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
@@ -161,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
                    help="autocast dtype (default none; fp16 needs a GPU)")
     e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    e.add_argument("--image-score", choices=SCORE_REDUCTIONS,
+                   help="images: an image's score is the max or the mean of its anomaly map "
+                        "(default: mean for one-class sets, as the MemAE paper; max otherwise, "
+                        "as anomalib)")
+    e.add_argument("--category", help="images: another MVTec-AD category (with --data mvtec:ROOT)")
     e.add_argument("--no-plots", action="store_true", help="write no plots")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(e)
@@ -169,8 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load --data as train and evaluate would, open every frame "
                                    "file's header and every video file's first frame, and "
                                    "list every problem at once.")
-    add_data_arguments(c, "frame size HxW or one number (default 256)")
+    add_data_arguments(c, "frame size HxW or one number (default: 64; images: the preset's)")
+    add_image_arguments(c)
     _common(c)
+
+    b = sub.add_parser("one-class", help="the one-class benchmark: every class normal in turn",
+                       description="Train and evaluate every model with every class of a "
+                                   "labelled image set normal in turn (the others anomalous), "
+                                   "and write OUT/table.md and OUT/results.json: image AUROC per "
+                                   "class and model, and its mean.")
+    b.add_argument("--data", default="digits", metavar="SOURCE",
+                   help="digits (default: scikit-learn's bundled digits), mnist:PATH or cifar10:PATH")
+    b.add_argument("--models", default="ae,memae-nonspar,memae,daad",
+                   help="comma-separated models (default ae,memae-nonspar,memae,daad)")
+    b.add_argument("--classes", default="0-9", help="normal classes, e.g. 0-9 or 1,3,7 (default 0-9)")
+    b.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default 0)")
+    b.add_argument("--epochs", type=POSITIVE_INT, help="epochs per run (default: the preset's)")
+    b.add_argument("--image-score", choices=SCORE_REDUCTIONS,
+                   help="max or mean of the anomaly map (default: mean, the paper's reconstruction error)")
+    b.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    b.add_argument("--out", required=True, metavar="DIR", help="results folder, one run folder per model, seed and class")
+    b.add_argument("--overwrite", action="store_true", help="replace runs a previous benchmark left in OUT")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(b)
 
     d = sub.add_parser("demo", help="train MemAE and the plain AE on the synthetic set, evaluate, print AUCs",
                        description="The README's main job: train MemAE and the plain AE on the "
@@ -180,16 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+IMAGE_ONLY_OPTIONS = ("normal_class", "category", "color", "flips", "division", "mask_dir")
+
+
 def configs_from_args(args):
-    """(ModelConfig, DataConfig, TrainConfig) from train arguments: preset defaults, then the
-    options given."""
-    options = {name: getattr(args, name) for name in (
-        "preset", "data", "data_format", "labels", "size", "model", "channels",
-        "decoder_channels", "num_slots", "shrink_thres", "similarity", "temperature",
-        "entropy_weight", "backend", "epochs", "batch_size", "lr", "clip_len", "clip_stride",
+    """(model config, data config, TrainConfig) from train arguments: preset defaults, then
+    the options given. Image sources give an ImageDataConfig."""
+    data = _absolute(args.data)
+    common = {name: getattr(args, name) for name in (
+        "size", "model", "channels", "decoder_channels", "num_slots", "shrink_thres",
+        "similarity", "temperature", "entropy_weight", "backend", "epochs", "batch_size", "lr",
         "amp", "workers", "seed", "device")}
-    options["data"] = _absolute(options["data"])
-    return run_configs(**options, progress=not args.no_progress)
+    if image_source_kind(data) is not None:
+        return image_run_configs(data=data, **common, progress=not args.no_progress,
+                                 **{name: getattr(args, name) for name in (
+                                     *IMAGE_ONLY_OPTIONS, "normal_dir", "abnormal_dir",
+                                     "normal_test_dir")})
+    misplaced = [name for name in IMAGE_ONLY_OPTIONS if getattr(args, name, None)]
+    if misplaced or args.model in DAAD_VARIANTS:
+        option = f"--{misplaced[0].replace('_', '-')}" if misplaced else "--model daad"
+        raise UsageError(f"{option} applies to image data (--data digits, synthetic-defects, "
+                         f"mvtec:PATH, folder:PATH, mnist:PATH, cifar10:PATH), not to {args.data}")
+    common.update(similarity=args.similarity or "cosine",
+                  temperature=0.05 if args.temperature is None else args.temperature)
+    return run_configs(preset=args.preset, data=data, data_format=args.data_format,
+                       labels=args.labels, clip_len=args.clip_len, clip_stride=args.clip_stride,
+                       **common, progress=not args.no_progress)
 
 
 # Which config field each train option sets: (config, field).
@@ -202,6 +275,10 @@ OPTION_FIELDS = {
     "backend": ("model", "backend"), "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"), "clip_len": ("train", "clip_len"),
     "clip_stride": ("train", "clip_stride"), "amp": ("train", "amp"), "seed": ("train", "seed"),
+    "normal_class": ("data", "normal_class"), "category": ("data", "category"),
+    "color": ("data", "channels"), "flips": ("data", "flips"), "normal_dir": ("data", "normal_dir"),
+    "abnormal_dir": ("data", "abnormal_dir"), "normal_test_dir": ("data", "normal_test_dir"),
+    "mask_dir": ("data", "mask_dir"), "division": ("model", "division"),
 }
 # The fields a preset sets.
 PRESET_FIELDS = (("data", "size"), ("data", "synthetic"), ("model", "channels"),
@@ -250,7 +327,7 @@ def resume_conflicts(ckpt: dict, args, given: set) -> list:
                    and (field != "synthetic" or ckpt["data_config"]["source"] == "synthetic")]
     conflicts = []
     for option, (cfg, field) in checks:
-        before, after = saved[cfg].get(field), getattr(new[cfg], field)
+        before, after = saved[cfg].get(field), getattr(new[cfg], field, None)
         if not _same(field, before, after):
             conflicts.append(f"{option}: checkpoint {before!r}, given {after!r}")
     return conflicts
@@ -269,8 +346,12 @@ def cmd_train(args, argv) -> int:
             raise UsageError("--resume and --overwrite: pick one")
         ckpt = read_checkpoint(ckpt_path)
         given = given_options(build_parser(), argv)
-        if "data" not in given:
-            args.data = ckpt["data_config"]["source"]
+        # Options left out take the run's values, so that the configs built from the options
+        # given (to compare with the checkpoint's) are of the run's kind.
+        for name, field in (("data", "source"), ("normal_class", "normal_class"),
+                            ("category", "category")):
+            if name not in given:
+                setattr(args, name, ckpt["data_config"].get(field))
         conflicts = resume_conflicts(ckpt, args, given)
         if conflicts:
             raise UsageError(
@@ -278,8 +359,8 @@ def cmd_train(args, argv) -> int:
                 + " (only --epochs, --workers, --device and --no-progress may change; start a "
                   "new --out to train with other settings)")
         # The run's own settings, so that a resume needs only --out (and maybe --epochs).
-        model_cfg = ModelConfig.from_dict(ckpt["model_config"])
-        data_cfg = DataConfig.from_dict(ckpt["data_config"])
+        model_cfg = model_config_from_dict(ckpt["model_config"])
+        data_cfg = data_config_from_dict(ckpt["data_config"])
         train_cfg = TrainConfig.from_dict({
             **ckpt["train_config"], "num_workers": args.workers, "device": args.device,
             "progress": not args.no_progress,
@@ -318,9 +399,30 @@ def _data_config(args, defaults: DataConfig) -> DataConfig:
                       synthetic=synthetic)
 
 
+def cmd_evaluate_images(args, model, ckpt, device) -> int:
+    data_cfg = ImageDataConfig.from_dict(ckpt["data_config"])
+    if args.data is not None or args.category is not None:
+        data_cfg = ImageDataConfig.from_dict({
+            **data_cfg.to_dict(), "source": _absolute(args.data) if args.data else data_cfg.source,
+            "category": args.category or data_cfg.category})
+    dataset = load_image_dataset(data_cfg)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    score = args.image_score or image_preset(data_cfg.source_kind)["score"]
+    results = evaluate_images(model, dataset, out, device=device, batch_size=args.batch_size,
+                              amp=args.amp, score=score, plots=not args.no_plots,
+                              extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
+    print(format_image_results(results))
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
+    if ckpt["data_config"].get("kind") == "image":
+        return cmd_evaluate_images(args, model, ckpt, device)
+    if args.image_score or args.category:
+        raise UsageError("--image-score and --category apply to image checkpoints")
     data_cfg = _data_config(args, DataConfig.from_dict(ckpt["data_config"]))
     dataset = load_dataset(data_cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
@@ -342,7 +444,56 @@ def _frame_count(videos, problems) -> int:
     return sum(len(v) for v in videos if str(getattr(v, "path", "\0")) not in broken)
 
 
+def cmd_check_image_data(args) -> int:
+    _, data_cfg, _ = image_run_configs(
+        data=_absolute(args.data), size=args.size,
+        **{name: getattr(args, name) for name in (*IMAGE_ONLY_OPTIONS, "normal_dir",
+                                                  "abnormal_dir", "normal_test_dir")
+           if name != "division"})
+    dataset = load_image_dataset(data_cfg)
+    problems = check_images(dataset.train) + check_images(dataset.test)
+    masks = "no masks" if dataset.masks is None else "masks for every anomalous image"
+    print(f"{args.data}: {len(dataset.train)} training images, {len(dataset.test)} test images "
+          f"({int(dataset.labels.sum())} anomalous; {masks})")
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        raise UsageError(f"{len(problems)} problem(s) in {args.data}, listed above")
+    print("every file could be read")
+    return 0
+
+
+def _int_list(text: str, option: str):
+    values = []
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            values += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+        except ValueError:
+            raise UsageError(f"{option}: expected numbers like 0-9 or 1,3,7, got {text!r}") from None
+    return values
+
+
+def cmd_one_class(args) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in ALL_VARIANTS]
+    if unknown or not models:
+        raise UsageError(f"--models: {', '.join(unknown) or 'none given'}; choose from {', '.join(ALL_VARIANTS)}")
+    data = _absolute(args.data)
+    if image_source_kind(data) not in ONE_CLASS_SOURCES:
+        raise UsageError(f"--data: {args.data} is no one-class set (digits, mnist:PATH, cifar10:PATH)")
+    summary = run_one_class(data, models, _int_list(args.classes, "--classes"),
+                            _int_list(args.seeds, "--seeds"), args.out, epochs=args.epochs,
+                            score=args.image_score, device=args.device, overwrite=args.overwrite,
+                            progress=not args.no_progress)
+    print(format_table(summary))
+    print(f"table: {Path(args.out) / 'table.md'}; results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
 def cmd_check_data(args) -> int:
+    if image_source_kind(_absolute(args.data)) is not None:
+        return cmd_check_image_data(args)
     data_cfg = DataConfig(source=_absolute(args.data), format=args.data_format, labels=args.labels,
                           size=_square(args.size) or PRESETS["small"]["size"])
     train_set = load_dataset(data_cfg, test=False)
@@ -390,6 +541,8 @@ def main(argv=None) -> int:
             return cmd_evaluate(args)
         if args.command == "check-data":
             return cmd_check_data(args)
+        if args.command == "one-class":
+            return cmd_one_class(args)
         return run_demo(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

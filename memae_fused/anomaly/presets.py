@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from memae_fused.anomaly.data import DataConfig
-from memae_fused.anomaly.models import ModelConfig
+from memae_fused.anomaly.data import DataConfig, ImageDataConfig, image_source_kind
+from memae_fused.anomaly.models import DAADConfig, ModelConfig
 from memae_fused.anomaly.train import TrainConfig
 
 PRESETS = {
@@ -65,3 +65,84 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                             num_workers=workers, seed=seed, device=device, progress=progress)
     return model_cfg, data_cfg, train_cfg
 
+
+
+# Image runs: settings per kind of data set. "one-class" covers digits, MNIST and CIFAR-10
+# (the MemAE paper's protocol; digits and MNIST are resized to 32 x 32 so that every model,
+# DAAD included, takes them); "defects" covers MVTec-AD, anomalib folders and the synthetic
+# defect set (256 x 256 RGB as DAAD and anomalib; the synthetic set is 64 x 64).
+IMAGE_PRESETS = {
+    "digits": dict(size=(32, 32), channels=1, memae=dict(channels=(16, 32, 64), kernel_sizes=(1, 3, 3),
+                                                         decoder_channels=(64, 32), num_slots=100),
+                   daad=dict(channels=(16, 32, 64), division=(1, 4, 4), num_slots=100),
+                   epochs=60, batch_size=32, lr=1e-3, score="mean"),
+    "mnist": dict(size=(32, 32), channels=1, memae=dict(channels=(16, 32, 64), kernel_sizes=(1, 3, 3),
+                                                        decoder_channels=(64, 32), num_slots=100),
+                  daad=dict(channels=(16, 32, 64), division=(1, 4, 4), num_slots=100),
+                  epochs=60, batch_size=64, lr=1e-3, score="mean"),
+    "cifar10": dict(size=(32, 32), channels=3, memae=dict(channels=(64, 128, 128, 256),
+                                                          decoder_channels=(256, 128, 128), num_slots=500),
+                    daad=dict(channels=(32, 64, 128), division=(1, 4, 4), num_slots=500),
+                    epochs=60, batch_size=64, lr=1e-3, score="mean"),
+    "synthetic-defects": dict(size=(64, 64), channels=3, memae=dict(channels=(16, 32, 64, 64), num_slots=200),
+                              daad=dict(channels=(16, 32, 64), division=(1, 4, 4), num_slots=100),
+                              epochs=40, batch_size=8, lr=1e-3, score="max"),
+    "defects": dict(size=(256, 256), channels=3, memae=dict(channels=(32, 64, 128, 256), num_slots=500),
+                    daad=dict(channels=(32, 64, 128, 256), division=(1, 8, 8), num_slots=500),
+                    epochs=100, batch_size=8, lr=1e-4, score="max"),
+}
+
+
+def image_preset(source_kind: str) -> dict:
+    return IMAGE_PRESETS.get(source_kind, IMAGE_PRESETS["defects"])
+
+
+def image_run_configs(*, data: str, model: str = "memae", normal_class: Optional[int] = None,
+                      category: Optional[str] = None, size: Optional[Sequence[int]] = None,
+                      color: Optional[str] = None, flips: bool = False,
+                      normal_dir: str = "normal", abnormal_dir: str = "abnormal",
+                      normal_test_dir: Optional[str] = "normal_test", mask_dir: Optional[str] = None,
+                      channels: Optional[Sequence[int]] = None,
+                      decoder_channels: Optional[Sequence[int]] = None,
+                      num_slots: Optional[int] = None, shrink_thres: Optional[float] = None,
+                      similarity: Optional[str] = None, temperature: Optional[float] = None,
+                      entropy_weight: float = 0.0002, division: Optional[Sequence[int]] = None,
+                      backend: str = "auto", epochs: Optional[int] = None,
+                      batch_size: Optional[int] = None, lr: Optional[float] = None,
+                      amp: str = "none", workers: int = 0, seed: int = 0, device: str = "auto",
+                      progress: bool = True):
+    """(model config, ImageDataConfig, TrainConfig) of an image run: the data kind's preset
+    (IMAGE_PRESETS), overridden by every option that is not None. The data split is fixed
+    (seed 0); `seed` seeds the training."""
+    base = image_preset(image_source_kind(data) or "defects")
+    frame_size = tuple(size) if size is not None else base["size"]
+    frame_size = (frame_size[0], frame_size[0]) if len(frame_size) == 1 else frame_size
+    image_channels = base["channels"] if color is None else {"gray": 1, "rgb": 3}[color]
+    data_cfg = ImageDataConfig(source=data, normal_class=normal_class, category=category,
+                               size=frame_size, channels=image_channels, flips=flips,
+                               normal_dir=normal_dir, abnormal_dir=abnormal_dir,
+                               normal_test_dir=normal_test_dir, mask_dir=mask_dir)
+    if model == "daad":
+        arch = base["daad"]
+        model_cfg = DAADConfig(in_channels=image_channels, image_size=frame_size,
+                               channels=channels or arch["channels"],
+                               division=division or arch["division"],
+                               num_slots=num_slots or arch["num_slots"],
+                               similarity=similarity or "cosine",
+                               temperature=1.0 if temperature is None else temperature,
+                               shrink_thres=shrink_thres or 0.0, backend=backend)
+    else:
+        arch = base["memae"]
+        own_arch = channels is None
+        model_cfg = ModelConfig(variant=model, dims=2, in_channels=image_channels,
+                                channels=channels or arch["channels"],
+                                decoder_channels=decoder_channels if not own_arch else arch.get("decoder_channels"),
+                                kernel_sizes=arch.get("kernel_sizes") if own_arch else None,
+                                num_slots=num_slots or arch["num_slots"], shrink_thres=shrink_thres,
+                                similarity=similarity or "cosine",
+                                temperature=0.05 if temperature is None else temperature,
+                                entropy_weight=entropy_weight, backend=backend)
+    train_cfg = TrainConfig(epochs=epochs or base["epochs"], batch_size=batch_size or base["batch_size"],
+                            lr=lr or base["lr"], clip_len=1, clip_stride=1, amp=amp,
+                            num_workers=workers, seed=seed, device=device, progress=progress)
+    return model_cfg, data_cfg, train_cfg

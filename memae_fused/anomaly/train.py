@@ -1,5 +1,6 @@
-"""Training: Adam on MSE + alpha * entropy over clips of the normal training videos, with
-per-epoch checkpoints that resume exactly, autocast, and DistributedDataParallel under torchrun.
+"""Training: Adam on MSE + alpha * entropy over clips of the normal training videos (or the
+normal training images of an image set), with per-epoch checkpoints that resume exactly,
+autocast, and DistributedDataParallel under torchrun.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -20,9 +22,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from memae_fused import backends
-from memae_fused.anomaly.data import (ClipDataset, DataConfig, VideoDataset, check_videos,
-                                      load_dataset)
-from memae_fused.anomaly.models import MemAE, ModelConfig, build_model, memae_loss
+from memae_fused.anomaly.data import (ClipDataset, DataConfig, ImageDataConfig, ImageTensors,
+                                      VideoDataset, check_images, check_videos, load_dataset,
+                                      load_image_dataset)
+from memae_fused.anomaly.models import (DAADConfig, MemAE, ModelConfig, build_model, memae_loss,
+                                       model_config_from_dict)
+from memae_fused.memory import block_memory_backend
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -148,7 +153,7 @@ def read_checkpoint(path) -> dict:
 def load_model(path, device="cpu"):
     """(model in eval mode on device, checkpoint dict) from a checkpoint written by train."""
     ckpt = read_checkpoint(path)
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model = build_model(model_config_from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 
@@ -170,11 +175,16 @@ def _check_resumable(ckpt: dict, model_cfg, data_cfg, train_cfg, path: Path) -> 
 
 
 def memory_backend(model_cfg: ModelConfig, device: torch.device) -> str:
-    """The memory backend the model's reads run on for `device` ("none" without memory)."""
+    """The memory backend the model's reads run on for `device` ("none" without memory; a
+    comma-separated list where DAAD's scales take different ones)."""
     if model_cfg.variant == "ae":
         return "none"
+    names = [model_cfg.backend]
+    if isinstance(model_cfg, DAADConfig):
+        names = [block_memory_backend(model_cfg.backend, model_cfg.num_slots, math.prod(shape) // math.prod(division))
+                 for shape, division in zip(model_cfg.scale_shapes(), model_cfg.scale_divisions())]
     try:
-        return backends.resolve(model_cfg.backend, device)
+        return ",".join(dict.fromkeys(backends.resolve(name, device) for name in names))
     except RuntimeError as exc:
         raise ValueError(f"--backend: {exc}") from None
 
@@ -209,6 +219,22 @@ def existing_run(out_dir: Path) -> Optional[Path]:
         if (out_dir / name).exists():
             return out_dir / name
     return None
+
+
+def training_samples(data_cfg, train_cfg: TrainConfig, dataset=None):
+    """(data set, training samples, what they are, problems): the training clips of a video
+    set or the training images of an image set (loaded from data_cfg unless given), and every
+    unreadable training file."""
+    if isinstance(data_cfg, ImageDataConfig):
+        dataset = dataset if dataset is not None else load_image_dataset(data_cfg)
+        size = "x".join(map(str, data_cfg.size))
+        return (dataset, ImageTensors(dataset.train, flips=data_cfg.flips),
+                f"images of {size}" + (" (random flips)" if data_cfg.flips else ""),
+                check_images(dataset.train))
+    dataset = dataset if dataset is not None else load_dataset(data_cfg, test=False)
+    problems = check_videos(dataset.train)
+    clips = ClipDataset(dataset.train, train_cfg.clip_len, train_cfg.clip_stride) if not problems else []
+    return dataset, clips, f"clips of {train_cfg.clip_len} frames", problems
 
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir,
@@ -247,8 +273,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             ckpt = read_checkpoint(ckpt_path)
             _check_resumable(ckpt, model_cfg, data_cfg, train_cfg, ckpt_path)
         backend = memory_backend(model_cfg, device)
-        dataset = dataset if dataset is not None else load_dataset(data_cfg, test=False)
-        problems = check_videos(dataset.train)
+        dataset, samples, what, problems = training_samples(data_cfg, train_cfg, dataset)
         if problems:
             shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise ValueError(f"{len(problems)} unreadable training input(s) (memae-fused "
@@ -277,12 +302,11 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                 _write_log(out_dir / "train_log.jsonl", history)
                 log(f"resuming {ckpt_path} after epoch {start_epoch}")
 
-        clips = ClipDataset(dataset.train, train_cfg.clip_len, train_cfg.clip_stride)
         # Seeded per epoch (seed + epoch), so a resumed run draws the same order.
-        sampler = DistributedSampler(clips, num_replicas=ctx.world_size, rank=ctx.rank,
+        sampler = DistributedSampler(samples, num_replicas=ctx.world_size, rank=ctx.rank,
                                      shuffle=True, seed=train_cfg.seed)
         # Dropping a ragged last batch keeps BatchNorm away from one-sample batches.
-        loader = DataLoader(clips, batch_size=train_cfg.batch_size, sampler=sampler,
+        loader = DataLoader(samples, batch_size=train_cfg.batch_size, sampler=sampler,
                             num_workers=train_cfg.num_workers,
                             drop_last=len(sampler) > train_cfg.batch_size,
                             pin_memory=device.type == "cuda",
@@ -296,7 +320,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if ctx.is_main and start_epoch < train_cfg.epochs:
             params = sum(p.numel() for p in model.parameters())
             log(f"training {model_cfg.variant} ({params / 1e6:.2f} M parameters) on "
-                f"{dataset.name}: {len(clips)} clips of {train_cfg.clip_len} frames, "
+                f"{dataset.name}: {len(samples)} {what}, "
                 f"{len(loader)} batches of {train_cfg.batch_size} per epoch per process, "
                 f"{ctx.world_size} process(es) on {device}, amp={train_cfg.amp}, memory "
                 f"backend {backend}" + (" (auto)" if model_cfg.backend == "auto" and backend != "none" else ""))

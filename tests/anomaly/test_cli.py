@@ -103,7 +103,7 @@ def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):
 def test_every_option_has_help():
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"train", "evaluate", "check-data", "demo"}
+    assert set(subparsers.choices) == {"train", "evaluate", "check-data", "one-class", "demo"}
     for name, sub in subparsers.choices.items():
         for action in sub._actions:
             assert action.help and action.help != argparse.SUPPRESS, (name, action.option_strings)

@@ -138,3 +138,9 @@ def test_block_memory_float32_and_empty_batch():
     torch.testing.assert_close(out.entropy.double(), entropy, rtol=1e-5, atol=1e-6)
     empty = mem(torch.randn(0, 8, 8, 8))
     assert empty.output.shape == (0, 8, 8, 8) and empty.entropy.item() == 0
+
+
+def test_auto_takes_eager_pytorch_where_the_attention_is_small():
+    assert BlockMemory(500, (64, 64, 64)).resolved_backend == "reference"  # N = 500 <= D = 4096
+    assert BlockMemory(500, (16, 8, 8), (1, 4, 4)).resolved_backend == "auto"  # D = 64
+    assert BlockMemory(500, (64, 64, 64), backend="cpp").resolved_backend == "cpp"

@@ -1,6 +1,8 @@
-"""Data for the anomaly-detection models: what a data set is (video.py), the embedded
-synthetic set (synthetic.py), the on-disk layouts (folders.py), and DataConfig / load_dataset,
-which pick one of them from a run's settings."""
+"""Data for the anomaly-detection models. Video: what a data set is (video.py), the embedded
+synthetic set (synthetic.py), the on-disk layouts (folders.py). Images (images.py): MVTec-AD,
+anomalib's Folder layout, the one-class protocol on digits / MNIST / CIFAR-10, an embedded
+synthetic defect set. DataConfig / load_dataset and ImageDataConfig / load_image_dataset pick
+one of them from a run's settings."""
 
 from __future__ import annotations
 
@@ -9,15 +11,22 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from memae_fused.anomaly.data.folders import load_frames_folder, load_ucsd
+from memae_fused.anomaly.data.images import (ArrayImageSet, FileImageSet, ImageDataset, ImageSet,
+                                              ImageTensors, check_images, cifar10_one_class,
+                                              digits_one_class, load_image_folder, load_mvtec,
+                                              mnist_one_class, synthetic_defects)
 from memae_fused.anomaly.data.synthetic import ANOMALY_KINDS, SyntheticConfig, synthetic_dataset
 from memae_fused.anomaly.data.video import (ArrayVideo, ClipDataset, ImageFolderVideo, Video,
                                              VideoDataset, VideoFileVideo, check_videos,
                                              frames_to_tensor)
 
-__all__ = ["ANOMALY_KINDS", "ArrayVideo", "ClipDataset", "DataConfig", "ImageFolderVideo",
-           "SyntheticConfig", "Video", "VideoDataset", "VideoFileVideo", "check_videos",
-           "detect_format", "frames_to_tensor", "load_dataset", "load_frames_folder", "load_ucsd",
-           "synthetic_dataset"]
+__all__ = ["ANOMALY_KINDS", "ONE_CLASS_SOURCES", "ArrayImageSet", "ArrayVideo", "ClipDataset", "DataConfig",
+           "FileImageSet", "ImageDataConfig", "ImageDataset", "ImageFolderVideo", "ImageSet",
+           "ImageTensors", "SyntheticConfig", "Video", "VideoDataset", "VideoFileVideo",
+           "check_images", "check_videos", "cifar10_one_class", "data_config_from_dict",
+           "detect_format", "digits_one_class", "frames_to_tensor", "image_source_kind",
+           "load_dataset", "load_frames_folder", "load_image_dataset", "load_image_folder",
+           "load_mvtec", "load_ucsd", "mnist_one_class", "synthetic_dataset", "synthetic_defects"]
 
 
 @dataclass
@@ -37,6 +46,99 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":
         return cls(**{**d, "size": tuple(d["size"])})
+
+
+# Image data sources: "digits" (scikit-learn's bundled handwritten digits, one class normal),
+# "synthetic-defects" (the embedded MVTec-like set) and "<kind>:PATH" for data on disk.
+IMAGE_SOURCES = ("digits", "synthetic-defects")
+IMAGE_PREFIXES = ("mvtec", "folder", "mnist", "cifar10")
+ONE_CLASS_SOURCES = ("digits", "mnist", "cifar10")
+
+
+def image_source_kind(source: str) -> Optional[str]:
+    """"digits", "synthetic-defects", "mvtec", "folder", "mnist" or "cifar10" for an image
+    source, None for a video source."""
+    if source in IMAGE_SOURCES:
+        return source
+    prefix, sep, _ = source.partition(":")
+    return prefix if sep and prefix in IMAGE_PREFIXES else None
+
+
+@dataclass
+class ImageDataConfig:
+    """An image data set: source "digits", "synthetic-defects", "mvtec:PATH" (a category
+    folder, or the MVTec root with `category`), "folder:PATH" (anomalib's Folder layout:
+    PATH/<normal_dir> for training, PATH/<abnormal_dir> and PATH/<normal_test_dir> for
+    testing, optional PATH/<mask_dir>), "mnist:PATH" or "cifar10:PATH". One-class sources
+    (digits, mnist, cifar10) need normal_class. channels: 1 (grayscale) or 3 (RGB); flips:
+    random horizontal and vertical flips of the training images."""
+
+    source: str = "digits"
+    normal_class: Optional[int] = None
+    category: Optional[str] = None
+    size: Tuple[int, int] = (32, 32)
+    channels: int = 1
+    flips: bool = False
+    seed: int = 0
+    normal_dir: str = "normal"
+    abnormal_dir: str = "abnormal"
+    normal_test_dir: Optional[str] = "normal_test"
+    mask_dir: Optional[str] = None
+    kind: str = "image"  # tells a checkpoint's image data config from a video one
+
+    def __post_init__(self):
+        self.size = tuple(self.size)
+        source_kind = image_source_kind(self.source)
+        if source_kind is None:
+            raise ValueError(f"--data: {self.source!r} is no image source ({', '.join(IMAGE_SOURCES)} "
+                             f"or {', '.join(p + ':PATH' for p in IMAGE_PREFIXES)})")
+        if source_kind in ONE_CLASS_SOURCES and self.normal_class is None:
+            raise ValueError(f"--normal-class: {source_kind} is a one-class protocol; say which "
+                             "class (0-9) is normal")
+        if self.channels not in (1, 3):
+            raise ValueError(f"--color: images have 1 (gray) or 3 (rgb) channels, got {self.channels}")
+
+    @property
+    def source_kind(self) -> str:
+        return image_source_kind(self.source)
+
+    @property
+    def path(self) -> Optional[Path]:
+        return Path(self.source.partition(":")[2]) if ":" in self.source else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageDataConfig":
+        return cls(**{**d, "size": tuple(d["size"])})
+
+
+def data_config_from_dict(d: dict):
+    """DataConfig or ImageDataConfig, as a checkpoint stored it."""
+    return ImageDataConfig.from_dict(d) if d.get("kind") == "image" else DataConfig.from_dict(d)
+
+
+def load_image_dataset(cfg: ImageDataConfig) -> ImageDataset:
+    """The image data set `cfg` names."""
+    kind, size, channels = cfg.source_kind, tuple(cfg.size), cfg.channels
+    if kind == "digits":
+        return digits_one_class(cfg.normal_class, size=size, seed=cfg.seed)
+    if kind == "synthetic-defects":
+        return synthetic_defects(size=size[0], channels=channels, seed=cfg.seed)
+    root = cfg.path
+    if not root.exists():
+        raise FileNotFoundError(f"--data: {root} does not exist")
+    if kind == "mvtec":
+        return load_mvtec(root, cfg.category, size=size, channels=channels)
+    if kind == "folder":
+        return load_image_folder(root / cfg.normal_dir, root / cfg.abnormal_dir,
+                                 root / cfg.normal_test_dir if cfg.normal_test_dir else None,
+                                 root / cfg.mask_dir if cfg.mask_dir else None, size=size,
+                                 channels=channels, name=root.name)
+    if kind == "mnist":
+        return mnist_one_class(root, cfg.normal_class, size=size)
+    return cifar10_one_class(root, cfg.normal_class, size=size)
 
 
 def detect_format(root: Path) -> str:
