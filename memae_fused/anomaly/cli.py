@@ -444,6 +444,16 @@ def _frame_count(videos, problems) -> int:
     return sum(len(v) for v in videos if str(getattr(v, "path", "\0")) not in broken)
 
 
+def _report(problems, data: str, all_good: str) -> int:
+    """check-data's end: every problem on a line of its own, then one error line."""
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        raise UsageError(f"{len(problems)} problem(s) in {data}, listed above")
+    print(all_good)
+    return 0
+
+
 def cmd_check_image_data(args) -> int:
     _, data_cfg, _ = image_run_configs(
         data=_absolute(args.data), size=args.size,
@@ -455,12 +465,7 @@ def cmd_check_image_data(args) -> int:
     masks = "no masks" if dataset.masks is None else "masks for every anomalous image"
     print(f"{args.data}: {len(dataset.train)} training images, {len(dataset.test)} test images "
           f"({int(dataset.labels.sum())} anomalous; {masks})")
-    for problem in problems:
-        print(f"  {problem}")
-    if problems:
-        raise UsageError(f"{len(problems)} problem(s) in {args.data}, listed above")
-    print("every file could be read")
-    return 0
+    return _report(problems, args.data, "every file could be read")
 
 
 def _int_list(text: str, option: str):
@@ -522,12 +527,7 @@ def cmd_check_data(args) -> int:
         print(f"test set: {len(full.test)} videos, {_frame_count(full.test, test_problems)} "
               f"readable frames, {labelled}")
         problems += test_problems
-    for problem in problems:
-        print(f"  {problem}")
-    if problems:
-        raise UsageError(f"{len(problems)} problem(s) in {args.data}, listed above")
-    print("every file could be decoded")
-    return 0
+    return _report(problems, args.data, "every file could be decoded")
 
 
 def main(argv=None) -> int:

@@ -199,6 +199,27 @@ def write_results(results: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- plots
 
 
+def save_roc_plot(curves, title: str, path: Path) -> None:
+    """ROC curves, one per (name, scores, labels), with their AUROCs, into `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, scores, truth in curves:
+        fpr, tpr = roc_curve(scores, truth)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auroc(scores, truth):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _spans(labels: np.ndarray):
     edges = np.diff(np.r_[0, labels.astype(np.int8), 0])
     return zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0])
@@ -230,22 +251,11 @@ def _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir: Path, dev
     fig.savefig(out_dir / "regularity.png", dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
     groups = [("all", list(range(len(errors))))]
     if dataset.kinds:
         groups += [(k, [i for i, kk in enumerate(kinds) if kk == k]) for k in firsts]
-    for name, idx in groups:
-        scores, truth = _pooled(anomaly, labels, idx)
-        fpr, tpr = roc_curve(scores, truth)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auroc(scores, truth):.3f})")
-    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title(f"{model.config.variant} on {dataset.name}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=100)
-    plt.close(fig)
+    save_roc_plot([(name, *_pooled(anomaly, labels, idx)) for name, idx in groups],
+                  f"{model.config.variant} on {dataset.name}", out_dir / "roc.png")
 
     # Input, reconstruction and error map of the centre frame of the clip with the largest
     # error inside an anomalous span, per shown video (up to four).

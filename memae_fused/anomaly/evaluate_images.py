@@ -18,7 +18,7 @@ import torch
 
 from memae_fused.anomaly.data import ImageDataset, ImageTensors
 from memae_fused.anomaly.metrics import aupro, image_auroc, image_scores, pixel_auroc
-from memae_fused.anomaly.evaluate import roc_curve, write_results
+from memae_fused.anomaly.evaluate import save_roc_plot, write_results
 from memae_fused.anomaly.train import autocast, memory_backend
 
 SCORE_REDUCTIONS = ("max", "mean")
@@ -106,17 +106,8 @@ def _plots(model, dataset, maps, scores, labels, masks, out_dir: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fpr, tpr = roc_curve(scores, labels)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {image_auroc(scores, labels):.3f}")
-    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title(f"{model.config.variant} on {dataset.name}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=100)
-    plt.close(fig)
+    save_roc_plot([("images", scores, labels)], f"{model.config.variant} on {dataset.name}",
+                  out_dir / "roc.png")
 
     # The highest-scoring anomalous images and the highest-scoring normal one: the image, its
     # anomaly map over it, and the ground-truth contour where there is a mask.
@@ -136,7 +127,8 @@ def _plots(model, dataset, maps, scores, labels, masks, out_dir: Path):
                 a.contour(masks[i], levels=[0.5], colors="white", linewidths=1)
         ax[0].set_ylabel(f"{dataset.test.names[i]}\n{dataset.kinds[i]}, score {scores[i]:.3f}", fontsize=8)
         fig.colorbar(heat, ax=ax[1], fraction=0.046, pad=0.04, label="anomaly map")
-        for a, title in zip(ax, ("input (ground truth contour)", "anomaly map")):
+        for a, title in zip(ax, ("input" + (" (ground truth contour)" if masks is not None else ""),
+                                 "anomaly map")):
             a.set_title(title, fontsize=9)
             a.set_xticks([])
             a.set_yticks([])
