@@ -8,6 +8,7 @@
   memae-fused check-data --data /data/avenue
   memae-fused train --data mvtec:/data/mvtec --category bottle --model daad --out runs/bottle
   memae-fused one-class --data digits --out runs/digits
+  memae-fused train --data /data/UCSDped2 --model mnad-pred --out runs/ped2-mnad
   memae-fused demo            (the README's main job; --full for the paper scale on a GPU)
 
 Expected problems (missing folders, unreadable files, bad options, a run that would be
@@ -31,7 +32,8 @@ from memae_fused.anomaly.data import (ONE_CLASS_SOURCES, DataConfig, ImageDataCo
 from memae_fused.anomaly.demo import add_demo_arguments, run_demo
 from memae_fused.anomaly.evaluate import evaluate, format_results
 from memae_fused.anomaly.evaluate_images import SCORE_REDUCTIONS, evaluate_images, format_image_results
-from memae_fused.anomaly.models import ALL_VARIANTS, DAAD_VARIANTS, model_config_from_dict
+from memae_fused.anomaly.evaluate_mnad import evaluate_mnad, format_mnad_results
+from memae_fused.anomaly.models import ALL_VARIANTS, DAAD_VARIANTS, MNADConfig, model_config_from_dict
 from memae_fused.anomaly.one_class import format_table, run_one_class
 from memae_fused.anomaly.presets import PRESETS, image_preset, image_run_configs, run_configs
 from memae_fused.anomaly.train import (AMP_DTYPES, RUNTIME_FIELDS, TrainConfig, TrainingInterrupted,
@@ -135,13 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     m = t.add_argument_group("model")
     m.add_argument("--model", default="memae", choices=ALL_VARIANTS,
                    help="memae (default), ae (no memory), memae-nonspar (no shrinkage, no "
-                        "entropy loss) or daad (images: a U-Net with a block memory per scale)")
+                        "entropy loss), daad (images: a U-Net with a block memory per scale), "
+                        "mnad-pred or mnad-recon (video: MNAD's future-frame prediction from 4 "
+                        "frames, or single-frame reconstruction)")
+    m.add_argument("--no-memory", action="store_true",
+                   help="mnad-*: drop the memory (the decoder sees the query alone)")
     m.add_argument("--channels", type=ints, metavar="C1,C2,...",
-                   help="encoder widths, e.g. 96,128,256,256 (their count is the depth)")
+                   help="encoder widths, e.g. 96,128,256,256 (their count is the depth; mnad-*: "
+                        "three stage widths and the memory's dim, e.g. 64,128,256,512)")
     m.add_argument("--decoder-channels", type=ints, metavar="C1,C2,...",
                    help="widths of every decoder stage but the last (default: the encoder's, "
                         "mirrored)")
-    m.add_argument("--num-slots", type=POSITIVE_INT, metavar="N", help="memory size N")
+    m.add_argument("--num-slots", type=POSITIVE_INT, metavar="N", help="memory size N (mnad-*: items)")
     m.add_argument("--shrink-thres", type=THRESHOLD, metavar="LAMBDA",
                    help="hard-shrinkage threshold lambda (default 1/N)")
     m.add_argument("--similarity", choices=("cosine", "dot"),
@@ -197,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: mean for one-class sets, as the MemAE paper; max otherwise, "
                         "as anomalib)")
     e.add_argument("--category", help="images: another MVTec-AD category (with --data mvtec:ROOT)")
+    e.add_argument("--no-test-time-update", action="store_true",
+                   help="mnad-*: score without MNAD's test-time memory update")
     e.add_argument("--no-plots", action="store_true", help="write no plots")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(e)
@@ -262,7 +271,7 @@ def configs_from_args(args):
                   temperature=0.05 if args.temperature is None else args.temperature)
     return run_configs(preset=args.preset, data=data, data_format=args.data_format,
                        labels=args.labels, clip_len=args.clip_len, clip_stride=args.clip_stride,
-                       **common, progress=not args.no_progress)
+                       use_memory=not args.no_memory, **common, progress=not args.no_progress)
 
 
 # Which config field each train option sets: (config, field).
@@ -279,6 +288,7 @@ OPTION_FIELDS = {
     "color": ("data", "channels"), "flips": ("data", "flips"), "normal_dir": ("data", "normal_dir"),
     "abnormal_dir": ("data", "abnormal_dir"), "normal_test_dir": ("data", "normal_test_dir"),
     "mask_dir": ("data", "mask_dir"), "division": ("model", "division"),
+    "no_memory": ("model", "use_memory"),
 }
 # The fields a preset sets.
 PRESET_FIELDS = (("data", "size"), ("data", "synthetic"), ("model", "channels"),
@@ -426,6 +436,15 @@ def cmd_evaluate(args) -> int:
     data_cfg = _data_config(args, DataConfig.from_dict(ckpt["data_config"]))
     dataset = load_dataset(data_cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    if isinstance(model.config, MNADConfig):
+        results = evaluate_mnad(model, dataset, out, device=device, amp=args.amp,
+                                plots=not args.no_plots,
+                                test_time_update=not args.no_test_time_update,
+                                extra={"checkpoint": str(args.checkpoint),
+                                       "trained_epochs": ckpt["epoch"]})
+        print(format_mnad_results(results))
+        print(f"results: {out / 'results.json'}")
+        return 0
     results = evaluate(model, dataset, ckpt["train_config"]["clip_len"], out, device=device,
                        batch_size=args.batch_size, amp=args.amp, plots=not args.no_plots,
                        progress=not args.no_progress,

@@ -9,16 +9,19 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from memae_fused.anomaly.data import DataConfig, ImageDataConfig, image_source_kind
-from memae_fused.anomaly.models import DAADConfig, ModelConfig
+from memae_fused.anomaly.models import MNAD_VARIANTS, DAADConfig, MNADConfig, ModelConfig
 from memae_fused.anomaly.train import TrainConfig
 
 PRESETS = {
     "small": dict(size=(64, 64), channels=(16, 32, 64, 64), decoder_channels=None,
                   num_slots=200, epochs=20, batch_size=8, lr=1e-3, clip_stride=2,
+                  mnad=dict(channels=(16, 32, 64, 128), num_items=10, lr=1e-3),
                   synthetic=dict(size=64, frames_per_video=96, num_train_videos=16,
                                  num_test_videos_per_kind=3)),
     "paper": dict(size=(256, 256), channels=(96, 128, 256, 256), decoder_channels=(256, 128, 96),
                   num_slots=2000, epochs=60, batch_size=12, lr=1e-4, clip_stride=1,
+                  # MNAD's own: widths 64-128-256, 10 items x 512, Adam 2e-4, batch 4
+                  mnad=dict(channels=(64, 128, 256, 512), num_items=10, lr=2e-4, batch_size=4),
                   synthetic=dict(size=256, frames_per_video=200, num_train_videos=32,
                                  num_test_videos_per_kind=6, max_objects=4,
                                  anomaly_frames=60, margin=20)),
@@ -34,9 +37,12 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                 epochs: Optional[int] = None, batch_size: Optional[int] = None,
                 lr: Optional[float] = None, clip_len: int = 16, clip_stride: Optional[int] = None,
                 amp: str = "none", workers: int = 0, seed: int = 0, device: str = "auto",
-                progress: bool = True):
-    """(ModelConfig, DataConfig, TrainConfig) of a run: the preset's values, overridden by
-    every option that is not None. `size` is (H, W) or one number for square frames."""
+                progress: bool = True, use_memory: bool = True):
+    """(model config, DataConfig, TrainConfig) of a video run: the preset's values,
+    overridden by every option that is not None. `size` is (H, W) or one number for square
+    frames. MNAD models take their clip length from the variant (5 frames for prediction,
+    1 for reconstruction), four `channels` (three stages and the memory's dim), `num_slots`
+    items, and a cosine learning-rate schedule."""
     base = PRESETS[preset]
 
     def pick(value, key):
@@ -49,6 +55,26 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
         if frame_size[0] != frame_size[1]:
             raise ValueError("--size: the synthetic set has square frames, give one number")
         synthetic["size"] = frame_size[0]
+    if model in MNAD_VARIANTS:
+        mnad = base["mnad"]
+        widths = tuple(channels or mnad["channels"])
+        if len(widths) != 4:
+            raise ValueError(f"--channels: MNAD takes four widths (three encoder stages and the "
+                             f"memory's dim), got {widths}")
+        model_cfg = MNADConfig(variant=model, in_channels=1, channels=widths[:3],
+                               feature_dim=widths[3], num_items=num_slots or mnad["num_items"],
+                               use_memory=use_memory, backend=backend)
+        data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=frame_size,
+                              synthetic=synthetic)
+        train_cfg = TrainConfig(epochs=pick(epochs, "epochs"),
+                                batch_size=batch_size or mnad.get("batch_size", base["batch_size"]),
+                                lr=lr or mnad["lr"], clip_len=model_cfg.clip_len,
+                                clip_stride=pick(clip_stride, "clip_stride"), amp=amp,
+                                num_workers=workers, seed=seed, device=device, progress=progress,
+                                schedule="cosine")
+        return model_cfg, data_cfg, train_cfg
+    if not use_memory:
+        raise ValueError("--no-memory applies to the MNAD models; for MemAE take --model ae")
     decoder = decoder_channels
     if decoder is None and channels is None:
         decoder = base["decoder_channels"]

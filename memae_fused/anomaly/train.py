@@ -25,11 +25,12 @@ from memae_fused import backends
 from memae_fused.anomaly.data import (ClipDataset, DataConfig, ImageDataConfig, ImageTensors,
                                       VideoDataset, check_images, check_videos, load_dataset,
                                       load_image_dataset)
-from memae_fused.anomaly.models import (DAADConfig, MemAE, ModelConfig, build_model, memae_loss,
+from memae_fused.anomaly.models import (DAADConfig, MemAE, ModelConfig, build_model, loss_terms,
                                        model_config_from_dict)
 from memae_fused.memory import block_memory_backend
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCHEDULES = ("constant", "cosine")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -37,7 +38,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 class TrainConfig:
     """epochs: total epochs (a resumed run continues up to it); clip_stride: frames between
     the starts of training clips; amp: "none", "bf16" or "fp16" autocast (fp16 needs a GPU);
-    device: "auto" (the local GPU if any), "cpu", "cuda" or "cuda:N"."""
+    device: "auto" (the local GPU if any), "cpu", "cuda" or "cuda:N"; schedule: "constant"
+    or "cosine" (annealed to 0 over the epochs)."""
 
     epochs: int = 60
     batch_size: int = 12
@@ -49,8 +51,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    schedule: str = "constant"
 
     def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         for name in ("epochs", "batch_size", "clip_len", "clip_stride"):
@@ -164,7 +169,9 @@ def _check_resumable(ckpt: dict, model_cfg, data_cfg, train_cfg, path: Path) -> 
         mismatched.append("model")
     if ckpt["data_config"] != data_cfg.to_dict():
         mismatched.append("data")
-    saved = {k: v for k, v in ckpt["train_config"].items() if k not in RUNTIME_FIELDS}
+    # Through TrainConfig, so that a field added since the checkpoint takes its default.
+    saved = {k: v for k, v in TrainConfig.from_dict(ckpt["train_config"]).to_dict().items()
+             if k not in RUNTIME_FIELDS}
     given = {k: v for k, v in train_cfg.to_dict().items() if k not in RUNTIME_FIELDS}
     if saved != given:
         mismatched.append("training")
@@ -177,7 +184,7 @@ def _check_resumable(ckpt: dict, model_cfg, data_cfg, train_cfg, path: Path) -> 
 def memory_backend(model_cfg: ModelConfig, device: torch.device) -> str:
     """The memory backend the model's reads run on for `device` ("none" without memory; a
     comma-separated list where DAAD's scales take different ones)."""
-    if model_cfg.variant == "ae":
+    if model_cfg.variant == "ae" or not getattr(model_cfg, "use_memory", True):
         return "none"
     names = [model_cfg.backend]
     if isinstance(model_cfg, DAADConfig):
@@ -219,6 +226,14 @@ def existing_run(out_dir: Path) -> Optional[Path]:
         if (out_dir / name).exists():
             return out_dir / name
     return None
+
+
+def epoch_lr(train_cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of an epoch: constant, or cosine-annealed from lr to 0 over the
+    run's epochs (MNAD's schedule; set per epoch, so a resumed run follows it exactly)."""
+    if train_cfg.schedule == "cosine":
+        return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / train_cfg.epochs))
+    return train_cfg.lr
 
 
 def training_samples(data_cfg, train_cfg: TrainConfig, dataset=None):
@@ -315,7 +330,6 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if ctx.world_size > 1:
             _match_grad_strides(model)
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        alpha = model_cfg.effective_entropy_weight
 
         if ctx.is_main and start_epoch < train_cfg.epochs:
             params = sum(p.numel() for p in model.parameters())
@@ -327,8 +341,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         started = time.time()
         for epoch in range(start_epoch, train_cfg.epochs):
             sampler.set_epoch(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(train_cfg, epoch)
             net.train()
-            sums = torch.zeros(4, dtype=torch.float64)  # loss, recon, entropy, batches
+            sums = None  # loss, then the model's loss terms, then the batch count
             epoch_start = time.time()
             bar = tqdm(loader, desc=f"{model_cfg.variant} epoch {epoch + 1}/{train_cfg.epochs}",
                        disable=None if train_cfg.progress and ctx.is_main else True,
@@ -337,25 +353,28 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                 x = x.to(device, non_blocking=True)
                 with autocast(device, train_cfg.amp):
                     out = net(x)
-                    loss, recon, entropy = memae_loss(x, out, alpha)
+                    loss, terms = loss_terms(model_cfg, x, out)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                sums += torch.tensor([loss.item(), recon.item(), entropy.item(), 1.0],
-                                     dtype=torch.float64)
+                values = torch.tensor([loss.item(), *(t.item() for t in terms.values()), 1.0],
+                                      dtype=torch.float64)
+                sums = values if sums is None else sums + values
                 bar.set_postfix(loss=f"{loss.item():.5f}")
+            if sums is None:
+                raise ValueError(f"no training batch in epoch {epoch + 1}: {len(samples)} samples")
             if ctx.world_size > 1:
                 dist.all_reduce(sums)
-            n = max(sums[3].item(), 1.0)
-            record = {"epoch": epoch + 1, "loss": sums[0].item() / n, "recon": sums[1].item() / n,
-                      "entropy": sums[2].item() / n, "seconds": time.time() - epoch_start,
+            n = max(sums[-1].item(), 1.0)
+            means = dict(zip(["loss", *terms], (sums[:-1] / n).tolist()))
+            record = {"epoch": epoch + 1, **means, "seconds": time.time() - epoch_start,
                       "backend": backend, "device": str(device)}
             history.append(record)
             if ctx.is_main:
-                log(f"{model_cfg.variant} epoch {epoch + 1}/{train_cfg.epochs}  loss "
-                    f"{record['loss']:.5f}  recon {record['recon']:.5f}  entropy "
-                    f"{record['entropy']:.4f}  {record['seconds']:.1f} s")
+                log(f"{model_cfg.variant} epoch {epoch + 1}/{train_cfg.epochs}  " +
+                    "  ".join(f"{name} {value:.5f}" for name, value in means.items()) +
+                    f"  {record['seconds']:.1f} s")
                 save_checkpoint(_checkpoint_state(model, optimizer, scaler, epoch + 1, model_cfg,
                                                   data_cfg, train_cfg, history), ckpt_path)
                 with open(out_dir / "train_log.jsonl", "a") as f:
