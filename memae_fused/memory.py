@@ -196,8 +196,8 @@ class BlockMemory(nn.Module):
 
 
 class MNADOutput(dict):
-    """MNADMemory's result: `output`, `compactness`, `separateness`, `weights` (attributes
-    and dict access)."""
+    """MNADMemory's result: `output`, `compactness`, `separateness`, `usage_balance`,
+    `weights` (attributes and dict access)."""
 
     def __getattr__(self, name):
         try:
@@ -267,6 +267,11 @@ class MNADMemory(nn.Module):
         scores = query.detach() @ items.t()
         top2 = scores.topk(2, dim=1).indices
         first, second = items[top2[:, 0]], items[top2[:, 1]]
+        # Usage balance: KL divergence of the batch's mean addressing from uniform (0 when
+        # every item is used equally; log K when all queries pick one item). Not in MNAD's
+        # code: an optional term against the collapse onto one item (see MNADConfig).
+        mean_use = torch.softmax(query @ items.t(), dim=1).mean(dim=0)
+        usage_balance = (mean_use * torch.log(mean_use * self.num_items + 1e-12)).sum()
         compactness = nn.functional.mse_loss(query, first)
         # PyTorch's triplet loss, as the authors' code: distances ||a - b + 1e-6||_2.
         separateness = nn.functional.triplet_margin_loss(query, first, second, margin=1.0)
@@ -283,7 +288,7 @@ class MNADMemory(nn.Module):
         if update and self.training:
             self._update(query.detach(), scores)
         return MNADOutput(output=output, compactness=compactness, separateness=separateness,
-                          weights=weights)
+                          usage_balance=usage_balance, weights=weights)
 
     @torch.no_grad()
     def update_with(self, x: torch.Tensor) -> None:

@@ -26,14 +26,15 @@ from pathlib import Path
 
 from memae_fused.anomaly.arguments import (COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, THRESHOLD,
                                            ints)
-from memae_fused.anomaly.data import (ONE_CLASS_SOURCES, DataConfig, ImageDataConfig, check_images,
+from memae_fused.anomaly.data import (IMAGE_PREFIXES, ONE_CLASS_SOURCES, DataConfig, ImageDataConfig, check_images,
                                       check_videos, data_config_from_dict, detect_format,
                                       image_source_kind, load_dataset, load_image_dataset)
 from memae_fused.anomaly.demo import add_demo_arguments, run_demo
 from memae_fused.anomaly.evaluate import evaluate, format_results
 from memae_fused.anomaly.evaluate_images import SCORE_REDUCTIONS, evaluate_images, format_image_results
 from memae_fused.anomaly.evaluate_mnad import evaluate_mnad, format_mnad_results
-from memae_fused.anomaly.models import ALL_VARIANTS, DAAD_VARIANTS, MNADConfig, model_config_from_dict
+from memae_fused.anomaly.models import (ALL_VARIANTS, DAAD_VARIANTS, MNAD_VARIANTS, MNADConfig,
+                                       model_config_from_dict)
 from memae_fused.anomaly.one_class import format_table, run_one_class
 from memae_fused.anomaly.presets import PRESETS, image_preset, image_run_configs, run_configs
 from memae_fused.anomaly.train import (AMP_DTYPES, RUNTIME_FIELDS, TrainConfig, TrainingInterrupted,
@@ -60,9 +61,13 @@ class Parser(argparse.ArgumentParser):
 def _absolute(data: str) -> str:
     """A data source with its folder made absolute, so that a checkpoint's data path still
     holds when it is resumed or evaluated from another folder."""
-    prefix, sep, path = data.rpartition(":") if ":" in data and not Path(data).exists() else ("", "", data)
-    if path in ("synthetic", "digits", "synthetic-defects"):
+    if data in ("synthetic", "digits", "synthetic-defects"):
         return data
+    prefix, sep, path = data.partition(":")
+    if not (sep and prefix in IMAGE_PREFIXES):
+        prefix, sep, path = "", "", data
+    if not path:
+        raise UsageError(f"--data: {data!r} names no folder (write {prefix}:PATH)")
     return f"{prefix}{sep}{Path(path).expanduser().resolve()}"
 
 
@@ -142,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames, or single-frame reconstruction)")
     m.add_argument("--no-memory", action="store_true",
                    help="mnad-*: drop the memory (the decoder sees the query alone)")
+    m.add_argument("--usage-weight", type=NON_NEGATIVE, default=0.0,
+                   help="mnad-*: weight of a term balancing the items' usage against their "
+                        "collapse onto one item (default 0: off, as in MNAD)")
     m.add_argument("--channels", type=ints, metavar="C1,C2,...",
                    help="encoder widths, e.g. 96,128,256,256 (their count is the depth; mnad-*: "
                         "three stage widths and the memory's dim, e.g. 64,128,256,512)")
@@ -258,6 +266,16 @@ def configs_from_args(args):
         "similarity", "temperature", "entropy_weight", "backend", "epochs", "batch_size", "lr",
         "amp", "workers", "seed", "device")}
     if image_source_kind(data) is not None:
+        ignored = [option for option, given in (
+            ("--preset / --full", args.preset != "small"), ("--data-format", args.data_format != "auto"),
+            ("--labels", args.labels is not None), ("--clip-len", args.clip_len != 16),
+            ("--clip-stride", args.clip_stride is not None), ("--no-memory", args.no_memory),
+            ("--decoder-channels", args.model == "daad" and args.decoder_channels is not None),
+            ("--entropy-weight", args.model == "daad" and args.entropy_weight != 0.0002),
+            ("--division", args.model != "daad" and args.division is not None)) if given]
+        if ignored or args.model in MNAD_VARIANTS:
+            raise UsageError(f"{ignored[0] if ignored else '--model ' + args.model} does not apply "
+                             f"to {'--model ' + args.model if ignored else 'image data'} on {args.data}")
         return image_run_configs(data=data, **common, progress=not args.no_progress,
                                  **{name: getattr(args, name) for name in (
                                      *IMAGE_ONLY_OPTIONS, "normal_dir", "abnormal_dir",
@@ -271,7 +289,8 @@ def configs_from_args(args):
                   temperature=0.05 if args.temperature is None else args.temperature)
     return run_configs(preset=args.preset, data=data, data_format=args.data_format,
                        labels=args.labels, clip_len=args.clip_len, clip_stride=args.clip_stride,
-                       use_memory=not args.no_memory, **common, progress=not args.no_progress)
+                       use_memory=not args.no_memory, usage_weight=args.usage_weight, **common,
+                       progress=not args.no_progress)
 
 
 # Which config field each train option sets: (config, field).
@@ -288,7 +307,7 @@ OPTION_FIELDS = {
     "color": ("data", "channels"), "flips": ("data", "flips"), "normal_dir": ("data", "normal_dir"),
     "abnormal_dir": ("data", "abnormal_dir"), "normal_test_dir": ("data", "normal_test_dir"),
     "mask_dir": ("data", "mask_dir"), "division": ("model", "division"),
-    "no_memory": ("model", "use_memory"),
+    "no_memory": ("model", "use_memory"), "usage_weight": ("model", "usage_weight"),
 }
 # The fields a preset sets.
 PRESET_FIELDS = (("data", "size"), ("data", "synthetic"), ("model", "channels"),
@@ -358,10 +377,12 @@ def cmd_train(args, argv) -> int:
         given = given_options(build_parser(), argv)
         # Options left out take the run's values, so that the configs built from the options
         # given (to compare with the checkpoint's) are of the run's kind.
-        for name, field in (("data", "source"), ("normal_class", "normal_class"),
-                            ("category", "category")):
+        for name, config, field in (("data", "data_config", "source"),
+                                    ("normal_class", "data_config", "normal_class"),
+                                    ("category", "data_config", "category"),
+                                    ("model", "model_config", "variant")):
             if name not in given:
-                setattr(args, name, ckpt["data_config"].get(field))
+                setattr(args, name, ckpt[config].get(field))
         conflicts = resume_conflicts(ckpt, args, given)
         if conflicts:
             raise UsageError(
@@ -410,6 +431,11 @@ def _data_config(args, defaults: DataConfig) -> DataConfig:
 
 
 def cmd_evaluate_images(args, model, ckpt, device) -> int:
+    for option, given in (("--size", args.size is not None), ("--data-format", args.data_format != "auto"),
+                          ("--labels", args.labels is not None)):
+        if given:
+            raise UsageError(f"{option} does not apply to an image checkpoint (its images keep "
+                             "the size it was trained at)")
     data_cfg = ImageDataConfig.from_dict(ckpt["data_config"])
     if args.data is not None or args.category is not None:
         data_cfg = ImageDataConfig.from_dict({
@@ -422,6 +448,9 @@ def cmd_evaluate_images(args, model, ckpt, device) -> int:
                               amp=args.amp, score=score, plots=not args.no_plots,
                               extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
     print(format_image_results(results))
+    if results["image_auroc"] != results["image_auroc"]:
+        print(f"warning: the image AUROC is undefined: the test images of {dataset.name} hold "
+              "only one class", file=sys.stderr)
     print(f"results: {out / 'results.json'}")
     return 0
 

@@ -28,6 +28,8 @@ def run_one_class(data: str, models: Sequence[str], classes: Sequence[int], seed
     out_dir/results.json. Returns the results: per_run, auroc (model -> class -> mean over
     seeds), mean_auroc (model -> mean over classes), settings, seconds."""
     out_dir = Path(out_dir)
+    if not classes or any(not 0 <= k <= 9 for k in classes):
+        raise ValueError(f"--classes: the one-class sets have classes 0-9, got {list(classes)}")
     started = time.time()
     kind_preset = image_preset(data.partition(":")[0])
     score = score or kind_preset["score"]
@@ -44,8 +46,12 @@ def run_one_class(data: str, models: Sequence[str], classes: Sequence[int], seed
                 run_dir = out_dir / model / f"seed{seed}" / f"class{normal_class}"
                 if dataset is None:
                     dataset = load_image_dataset(data_cfg)
-                trained = train(model_cfg, data_cfg, train_cfg, run_dir, dataset=dataset,
-                                overwrite=overwrite, log=lambda *a: None)
+                try:
+                    trained = train(model_cfg, data_cfg, train_cfg, run_dir, dataset=dataset,
+                                    overwrite=overwrite, log=lambda *a: None)
+                except FileExistsError:
+                    raise FileExistsError(f"{run_dir} holds a run of an earlier benchmark; pass "
+                                          "--overwrite to replace it, or another --out") from None
                 net, _ = load_model(trained["checkpoint"], resolve_device(device))
                 results = evaluate_images(net, dataset, run_dir / "eval", device=resolve_device(device),
                                           score=score, plots=False,

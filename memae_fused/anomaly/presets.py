@@ -37,7 +37,7 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                 epochs: Optional[int] = None, batch_size: Optional[int] = None,
                 lr: Optional[float] = None, clip_len: int = 16, clip_stride: Optional[int] = None,
                 amp: str = "none", workers: int = 0, seed: int = 0, device: str = "auto",
-                progress: bool = True, use_memory: bool = True):
+                progress: bool = True, use_memory: bool = True, usage_weight: float = 0.0):
     """(model config, DataConfig, TrainConfig) of a video run: the preset's values,
     overridden by every option that is not None. `size` is (H, W) or one number for square
     frames. MNAD models take their clip length from the variant (5 frames for prediction,
@@ -63,7 +63,7 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                              f"memory's dim), got {widths}")
         model_cfg = MNADConfig(variant=model, in_channels=1, channels=widths[:3],
                                feature_dim=widths[3], num_items=num_slots or mnad["num_items"],
-                               use_memory=use_memory, backend=backend)
+                               use_memory=use_memory, usage_weight=usage_weight, backend=backend)
         data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=frame_size,
                               synthetic=synthetic)
         train_cfg = TrainConfig(epochs=pick(epochs, "epochs"),
@@ -162,7 +162,8 @@ def image_run_configs(*, data: str, model: str = "memae", normal_class: Optional
         own_arch = channels is None
         model_cfg = ModelConfig(variant=model, dims=2, in_channels=image_channels,
                                 channels=channels or arch["channels"],
-                                decoder_channels=decoder_channels if not own_arch else arch.get("decoder_channels"),
+                                decoder_channels=(decoder_channels if decoder_channels is not None
+                                                  else None if not own_arch else arch.get("decoder_channels")),
                                 kernel_sizes=arch.get("kernel_sizes") if own_arch else None,
                                 num_slots=num_slots or arch["num_slots"], shrink_thres=shrink_thres,
                                 similarity=similarity or "cosine",

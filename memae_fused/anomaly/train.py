@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,9 +376,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                     f"  {record['seconds']:.1f} s")
                 save_checkpoint(_checkpoint_state(model, optimizer, scaler, epoch + 1, model_cfg,
                                                   data_cfg, train_cfg, history), ckpt_path)
+                saved_epoch = epoch + 1
                 with open(out_dir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-            saved_epoch = epoch + 1
+            saved_epoch = epoch + 1  # other ranks: rank 0 has saved it by the barrier below
             if ctx.world_size > 1:
                 dist.barrier()
         return {"model": model, "checkpoint": str(ckpt_path), "epochs": train_cfg.epochs,
@@ -388,7 +388,12 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                 "seconds": time.time() - started}
     except BaseException as exc:
         if created and ctx.is_main and out_dir.is_dir() and not ckpt_path.exists():
-            shutil.rmtree(out_dir)  # created by this call and holding no checkpoint yet
+            # Created by this call and holding no checkpoint yet: remove what this call wrote,
+            # and the folder if nothing else is in it.
+            for name in (CHECKPOINT_NAME + ".tmp", "train_log.jsonl"):
+                (out_dir / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
             raise TrainingInterrupted(saved_epoch, ckpt_path if saved_epoch else None) from None
         raise

@@ -51,8 +51,11 @@ def test_digits_one_class_run(tmp_path, capsys, model):
         assert 0 <= results[key] <= 1
     assert set(results["auroc_by_kind"]) == {str(k) for k in range(10) if k != 3}
     assert "pixel_auroc" not in results
-    # A resume takes the run's own settings, the normal class included.
+    # A resume takes the run's own settings, the normal class and model included; the run's
+    # own values given again are no conflict.
     ok(["train", "--out", out, "--resume", "--epochs", "2", "--no-progress"], capsys)
+    if model == "daad":
+        ok(["train", "--out", out, "--resume", "--epochs", "2", "--division", "1,4,4"], capsys)
     assert read_checkpoint(out / "checkpoint.pt")["data_config"]["normal_class"] == 3
 
 
@@ -72,6 +75,12 @@ def test_mvtec_folder_with_daad_and_memae(tmp_path, capsys):
         assert set(results["auroc_by_kind"]) == {"crack", "broken"}
         assert "pixel AUROC" in stdout and (out / "eval" / "overlays.png").stat().st_size > 0
     assert tuple(read_checkpoint(tmp_path / "daad" / "checkpoint.pt")["model_config"]["division"]) == (1, 8, 8)
+
+
+def test_color_reaches_the_loader(tmp_path, capsys):
+    out = tmp_path / "rgb"
+    ok(["train", "--data", "digits", "--normal-class", "2", "--color", "rgb", "--out", out, *TINY], capsys)
+    assert read_checkpoint(out / "checkpoint.pt")["model_config"]["in_channels"] == 3
 
 
 def test_folder_layout_run(tmp_path, capsys):
@@ -102,6 +111,18 @@ def test_image_errors_are_one_line(tmp_path, capsys):
           "--out", tmp_path / "r"], "divisible by 2^3"),
         (["one-class", "--models", "memae,vae", "--out", tmp_path / "r"], "--models: vae"),
         (["one-class", "--data", "synthetic-defects", "--out", tmp_path / "r"], "no one-class set"),
+        (["one-class", "--classes", "3,12", "--out", tmp_path / "r"], "--classes: the one-class sets"),
+        (["train", "--data", "digits", "--normal-class", "1", "--clip-len", "4", "--out", tmp_path / "r"],
+         "--clip-len does not apply"),
+        (["train", "--data", "digits", "--normal-class", "1", "--full", "--out", tmp_path / "r"],
+         "--preset / --full does not apply"),
+        (["train", "--data", "digits", "--normal-class", "1", "--division", "1,2,2", "--out",
+          tmp_path / "r"], "--division does not apply to --model memae"),
+        (["train", "--data", "digits", "--normal-class", "1", "--model", "mnad-pred", "--out",
+          tmp_path / "r"], "--model mnad-pred does not apply to image data"),
+        (["train", "--data", "synthetic-defects", "--size", "64x32", "--out", tmp_path / "r"],
+         "square images"),
+        (["train", "--data", "mvtec:", "--out", tmp_path / "r"], "names no folder"),
     ]
     for argv, fragment in cases:
         status, _, err = run(argv, capsys)

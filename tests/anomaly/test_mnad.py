@@ -160,3 +160,17 @@ def test_command_line(tmp_path, capsys):
     assert "--model: checkpoint 'mnad-recon', given 'mnad-pred'" in capsys.readouterr().err
     assert cli.main(["train", "--model", "memae", "--no-memory", "--out", str(tmp_path / "x")]) == 2
     assert "--no-memory applies to the MNAD models" in capsys.readouterr().err
+
+
+def test_usage_term_enters_the_loss_only_when_weighted():
+    x = torch.rand(2, 1, 1, 16, 16) * 2 - 1
+    for weight in (0.0, 0.5):
+        config = tiny("mnad-recon", usage_weight=weight)
+        out = build_model(config).train()(x, update=False)
+        total, terms = loss_terms(config, x, out)
+        base = terms["recon"] + 0.01 * terms["compactness"] + 0.01 * terms["separateness"]
+        if weight:
+            torch.testing.assert_close(total, base + weight * out.usage_balance)
+        else:
+            assert "usage_balance" not in terms
+            torch.testing.assert_close(total, base)

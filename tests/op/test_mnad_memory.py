@@ -111,3 +111,17 @@ def test_initial_items_and_errors():
         MNADMemory(1, 8)
     with pytest.raises(ValueError, match=r"x must be \(B, 8, H, W\)"):
         MNADMemory(4, 8)(torch.zeros(2, 6, 3, 3))
+
+
+def test_usage_balance_is_the_kl_divergence_from_uniform():
+    mem = MNADMemory(4, 6).double()
+    x = random_map(2, 6, 3, 3, seed=4)
+    out = mem.eval()(x)
+    w = plain_mnad(x, mem.items)[3]
+    p = w.mean(dim=0)
+    torch.testing.assert_close(out.usage_balance, (p * torch.log(p * 4)).sum(), rtol=1e-10, atol=1e-12)
+    # All queries on one item: the term approaches log K.
+    mem.items.copy_(torch.eye(4, 6, dtype=torch.float64))
+    collapsed = torch.zeros(1, 6, 2, 2, dtype=torch.float64)
+    collapsed[:, 0] = 50.0
+    assert mem(collapsed).usage_balance < torch.log(torch.tensor(4.0))

@@ -123,8 +123,10 @@ def load_image_dataset(cfg: ImageDataConfig) -> ImageDataset:
     """The image data set `cfg` names."""
     kind, size, channels = cfg.source_kind, tuple(cfg.size), cfg.channels
     if kind == "digits":
-        return digits_one_class(cfg.normal_class, size=size, seed=cfg.seed)
+        return digits_one_class(cfg.normal_class, size=size, seed=cfg.seed, channels=channels)
     if kind == "synthetic-defects":
+        if size[0] != size[1]:
+            raise ValueError(f"--size: the synthetic defect set has square images, got {size}")
         return synthetic_defects(size=size[0], channels=channels, seed=cfg.seed)
     root = cfg.path
     if not root.exists():
@@ -137,8 +139,8 @@ def load_image_dataset(cfg: ImageDataConfig) -> ImageDataset:
                                  root / cfg.mask_dir if cfg.mask_dir else None, size=size,
                                  channels=channels, name=root.name)
     if kind == "mnist":
-        return mnist_one_class(root, cfg.normal_class, size=size)
-    return cifar10_one_class(root, cfg.normal_class, size=size)
+        return mnist_one_class(root, cfg.normal_class, size=size, channels=channels)
+    return cifar10_one_class(root, cfg.normal_class, size=size, channels=channels)
 
 
 def detect_format(root: Path) -> str:

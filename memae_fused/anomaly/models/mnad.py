@@ -33,7 +33,10 @@ class MNADConfig:
     widths of the three pooled encoder stages (the authors': 64, 128, 256) and feature_dim
     the memory's (512); num_items: memory items (10); compactness_weight and
     separateness_weight: lambda_c, lambda_s of the loss (prediction 0.1 / 0.1,
-    reconstruction 0.01 / 0.01 when None); use_memory: False for the no-memory ablation."""
+    reconstruction 0.01 / 0.01 when None); use_memory: False for the no-memory ablation;
+    usage_weight: the weight of an optional usage-balancing term (KL divergence of the mean
+    addressing from uniform), this project's form of the fix the MNAD reproducibility study
+    (RC2020) found against all queries collapsing onto one item; 0 (off) as in MNAD."""
 
     variant: str = "mnad-pred"
     in_channels: int = 1
@@ -43,10 +46,13 @@ class MNADConfig:
     compactness_weight: Optional[float] = None
     separateness_weight: Optional[float] = None
     use_memory: bool = True
+    usage_weight: float = 0.0
     backend: str = "auto"
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
+        if self.usage_weight < 0:
+            raise ValueError(f"usage_weight must be >= 0, got {self.usage_weight}")
         if self.variant not in MNAD_VARIANTS:
             raise ValueError(f"variant must be one of {MNAD_VARIANTS}, got {self.variant!r}")
         if len(self.channels) != 3 or min(self.channels) < 1:
@@ -83,7 +89,7 @@ class MNADOutput(NamedTuple):
     """recon: the predicted (or reconstructed) frame (B, C, H, W); target: the frame it should
     be; compactness, separateness: the memory's losses (0 without memory); queries: the
     encoder's features (B, feature_dim, h, w), for the test-time update; weights: (B, K, h, w)
-    when asked for."""
+    when asked for; usage_balance: see MNADConfig.usage_weight (None without memory)."""
 
     recon: torch.Tensor
     target: torch.Tensor
@@ -91,6 +97,7 @@ class MNADOutput(NamedTuple):
     separateness: torch.Tensor
     queries: torch.Tensor
     weights: Optional[torch.Tensor]
+    usage_balance: Optional[torch.Tensor] = None
 
 
 def _basic(cin, cout, last_relu=True):
@@ -152,10 +159,11 @@ class MNAD(nn.Module):
         s3 = self.enc3(F.max_pool2d(s2, 2))
         features = self.enc4(F.max_pool2d(s3, 2))
         zero = features.new_zeros(())
-        weights = None
+        weights = balance = None
         if self.memory is not None:
             mem = self.memory(features, update=update, return_weights=return_weights)
             h, compactness, separateness, weights = mem.output, mem.compactness, mem.separateness, mem.weights
+            balance = mem.usage_balance
         else:
             h, compactness, separateness = F.normalize(features, dim=1), zero, zero
         h = self.up3(self.dec4(h))
@@ -164,13 +172,18 @@ class MNAD(nn.Module):
         h = self.dec2(torch.cat([h, s2], 1) if self.skips else h)
         h = self.up1(h)
         recon = self.head(torch.cat([h, s1], 1) if self.skips else h)
-        return MNADOutput(recon, target, compactness, separateness, features, weights)
+        return MNADOutput(recon, target, compactness, separateness, features, weights, balance)
 
 
 def mnad_loss(out: MNADOutput, config: MNADConfig):
-    """(total, terms): L_pixel + lambda_c * compactness + lambda_s * separateness, in float32."""
+    """(total, terms): L_pixel + lambda_c * compactness + lambda_s * separateness (+ the
+    usage term when its weight is set), in float32."""
     pixel = F.mse_loss(out.recon.float(), out.target.float())
     lam_c, lam_s = config.loss_weights
     compact, separate = out.compactness.float(), out.separateness.float()
-    return pixel + lam_c * compact + lam_s * separate, {"recon": pixel, "compactness": compact,
-                                                         "separateness": separate}
+    total = pixel + lam_c * compact + lam_s * separate
+    terms = {"recon": pixel, "compactness": compact, "separateness": separate}
+    if config.usage_weight and out.usage_balance is not None:
+        terms["usage_balance"] = out.usage_balance.float()
+        total = total + config.usage_weight * terms["usage_balance"]
+    return total, terms
