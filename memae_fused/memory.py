@@ -263,7 +263,9 @@ class MNADMemory(nn.Module):
 
     def forward(self, x: torch.Tensor, update: bool = True, return_weights: bool = False) -> MNADOutput:
         query = self._queries(x)
-        items = self.items.to(query.dtype)
+        # A copy: the update below rewrites the buffer, and the usage term's backward needs
+        # the items it was computed from.
+        items = self.items.to(query.dtype, copy=True)
         scores = query.detach() @ items.t()
         top2 = scores.topk(2, dim=1).indices
         first, second = items[top2[:, 0]], items[top2[:, 1]]

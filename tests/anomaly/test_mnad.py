@@ -174,3 +174,14 @@ def test_usage_term_enters_the_loss_only_when_weighted():
         else:
             assert "usage_balance" not in terms
             torch.testing.assert_close(total, base)
+
+
+def test_a_training_step_with_the_usage_term_and_the_update():
+    config = tiny("mnad-pred", usage_weight=0.1)
+    model = build_model(config).train()
+    before = model.memory.items.clone()
+    x = torch.rand(2, 1, 5, 16, 16) * 2 - 1
+    total, terms = loss_terms(config, x, model(x))  # the forward updates the items
+    total.backward()
+    assert "usage_balance" in terms and not torch.equal(model.memory.items, before)
+    assert model.enc4[0].weight.grad is not None
