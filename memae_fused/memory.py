@@ -14,6 +14,12 @@ from memae_fused.blocks import block_shape, from_blocks, to_blocks
 from memae_fused.ops import check_arguments, memory_read
 
 
+def _check_count(name: str, value, minimum: int = 1, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}{why}, got {value!r}")
+
+
 class MemoryOutput(dict):
     """The module's result: attributes `output`, `entropy`, `att`, and dict access
     (`res["output"]`, `res["att"]`) like the released MemModule's dict."""
@@ -52,10 +58,8 @@ class FusedMemory(nn.Module):
     def __init__(self, num_slots: int, dim: int, shrink_thres: Optional[float] = None,
                  similarity: str = "cosine", temperature: float = 0.05, backend: str = "auto"):
         super().__init__()
-        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
-            raise ValueError(f"num_slots must be a positive int, got {num_slots!r}")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        _check_count("num_slots", num_slots)
+        _check_count("dim", dim)
         self.num_slots, self.dim = num_slots, dim
         self.shrink_thres = 1.0 / num_slots if shrink_thres is None else shrink_thres
         self.similarity, self.temperature, self.backend = similarity, temperature, backend
@@ -150,8 +154,7 @@ class BlockMemory(nn.Module):
                  division: Sequence[int] = (1, 8, 8), similarity: str = "cosine",
                  temperature: float = 1.0, shrink_thres: float = 0.0, backend: str = "auto"):
         super().__init__()
-        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
-            raise ValueError(f"num_slots must be a positive int, got {num_slots!r}")
+        _check_count("num_slots", num_slots)
         self.feature_shape, self.division = tuple(feature_shape), tuple(division)
         self.block_shape = block_shape(self.feature_shape, self.division)
         self.num_slots = num_slots
@@ -237,11 +240,8 @@ class MNADMemory(nn.Module):
 
     def __init__(self, num_items: int = 10, dim: int = 512, backend: str = "auto"):
         super().__init__()
-        if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 2:
-            raise ValueError(f"num_items must be an int >= 2 (separateness needs a second item), "
-                             f"got {num_items!r}")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        _check_count("num_items", num_items, minimum=2, why=" (separateness needs a second item)")
+        _check_count("dim", dim)
         self.num_items, self.dim, self.backend = num_items, dim, backend
         probe = torch.empty(1, dim)
         check_arguments(probe, probe, 0.0, "cosine", 1.0, backend)

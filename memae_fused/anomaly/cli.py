@@ -44,6 +44,10 @@ from memae_fused.backends import BACKENDS
 PROG = "memae-fused"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# Option defaults that the image branch also compares against (an option left at its
+# default was not given).
+CLIP_LEN = 16
+ENTROPY_WEIGHT = 0.0002
 
 
 class UsageError(Exception):
@@ -166,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--division", type=ints, metavar="RC,RH,RW",
                    help="daad: blocks per scale along channels, rows, columns (default 1,8,8 at "
                         "256x256, 1,4,4 for small images; capped where a scale is smaller)")
-    m.add_argument("--entropy-weight", type=NON_NEGATIVE, default=0.0002, metavar="ALPHA",
-                   help="weight of the addressing entropy in the loss (default 0.0002)")
+    m.add_argument("--entropy-weight", type=NON_NEGATIVE, default=ENTROPY_WEIGHT, metavar="ALPHA",
+                   help=f"weight of the addressing entropy in the loss (default {ENTROPY_WEIGHT})")
     m.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="memory-read kernel: auto (default: triton, then cuda on a GPU; cpp "
                         "on the CPU; reference where none is available), cpp (the compiled CPU "
@@ -176,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--epochs", type=POSITIVE_INT, help="total epochs (a resumed run continues up to it)")
     o.add_argument("--batch-size", type=POSITIVE_INT, help="clips per batch per process")
     o.add_argument("--lr", type=POSITIVE, help="Adam learning rate")
-    o.add_argument("--clip-len", type=POSITIVE_INT, default=16, help="frames per clip (default 16)")
+    o.add_argument("--clip-len", type=POSITIVE_INT, default=CLIP_LEN, help=f"frames per clip (default {CLIP_LEN})")
     o.add_argument("--clip-stride", type=POSITIVE_INT, help="frames between the starts of training clips")
     o.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
                    help="autocast dtype (default none: float32; fp16 needs a GPU)")
@@ -268,10 +272,10 @@ def configs_from_args(args):
     if image_source_kind(data) is not None:
         ignored = [option for option, given in (
             ("--preset / --full", args.preset != "small"), ("--data-format", args.data_format != "auto"),
-            ("--labels", args.labels is not None), ("--clip-len", args.clip_len != 16),
+            ("--labels", args.labels is not None), ("--clip-len", args.clip_len != CLIP_LEN),
             ("--clip-stride", args.clip_stride is not None), ("--no-memory", args.no_memory),
             ("--decoder-channels", args.model == "daad" and args.decoder_channels is not None),
-            ("--entropy-weight", args.model == "daad" and args.entropy_weight != 0.0002),
+            ("--entropy-weight", args.model == "daad" and args.entropy_weight != ENTROPY_WEIGHT),
             ("--division", args.model != "daad" and args.division is not None)) if given]
         if ignored or args.model in MNAD_VARIANTS:
             raise UsageError(f"{ignored[0] if ignored else '--model ' + args.model} does not apply "
@@ -430,6 +434,17 @@ def _data_config(args, defaults: DataConfig) -> DataConfig:
                       synthetic=synthetic)
 
 
+def _print_results(text: str, out: Path, auc: float = 0.0, undefined_because: str = "",
+                   metric: str = "AUROC") -> int:
+    """evaluate's report: the results, a warning when the AUROC is undefined (NaN), where
+    results.json is."""
+    print(text)
+    if auc != auc:
+        print(f"warning: the {metric} is undefined: {undefined_because}", file=sys.stderr)
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
 def cmd_evaluate_images(args, model, ckpt, device) -> int:
     for option, given in (("--size", args.size is not None), ("--data-format", args.data_format != "auto"),
                           ("--labels", args.labels is not None)):
@@ -447,12 +462,8 @@ def cmd_evaluate_images(args, model, ckpt, device) -> int:
     results = evaluate_images(model, dataset, out, device=device, batch_size=args.batch_size,
                               amp=args.amp, score=score, plots=not args.no_plots,
                               extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
-    print(format_image_results(results))
-    if results["image_auroc"] != results["image_auroc"]:
-        print(f"warning: the image AUROC is undefined: the test images of {dataset.name} hold "
-              "only one class", file=sys.stderr)
-    print(f"results: {out / 'results.json'}")
-    return 0
+    return _print_results(format_image_results(results), out, results["image_auroc"],
+                          f"the test images of {dataset.name} hold only one class", "image AUROC")
 
 
 def cmd_evaluate(args) -> int:
@@ -471,19 +482,14 @@ def cmd_evaluate(args) -> int:
                                 test_time_update=not args.no_test_time_update,
                                 extra={"checkpoint": str(args.checkpoint),
                                        "trained_epochs": ckpt["epoch"]})
-        print(format_mnad_results(results))
-        print(f"results: {out / 'results.json'}")
-        return 0
+        return _print_results(format_mnad_results(results), out)
     results = evaluate(model, dataset, ckpt["train_config"]["clip_len"], out, device=device,
                        batch_size=args.batch_size, amp=args.amp, plots=not args.no_plots,
                        progress=not args.no_progress,
                        extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
-    print(format_results(results))
-    if results["auc"] != results["auc"]:
-        print(f"warning: the AUROC is undefined: the scored test frames of {dataset.name} hold "
-              "only one class (all normal or all anomalous)", file=sys.stderr)
-    print(f"results: {out / 'results.json'}")
-    return 0
+    return _print_results(format_results(results), out, results["auc"],
+                          f"the scored test frames of {dataset.name} hold only one class (all "
+                          "normal or all anomalous)")
 
 
 def _frame_count(videos, problems) -> int:

@@ -19,51 +19,28 @@ import numpy as np
 import torch
 
 from memae_fused.anomaly.data import ClipDataset, VideoDataset, frames_to_tensor
+from memae_fused.anomaly.metrics import auroc, roc_curve
 from memae_fused.anomaly.models import MemAE
 from memae_fused.anomaly.train import autocast, memory_backend
 
 
-# ----------------------------------------------------------------------------- metrics
+# ----------------------------------------------------------------------------- scores
 
 
-def _scores_and_labels(scores, labels):
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    if scores.shape != labels.shape:
-        raise ValueError(f"{scores.size} scores but {labels.size} labels")
-    return scores, labels
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve (higher score = more anomalous, label 1 = anomalous), as
-    scikit-learn's roc_auc_score computes it (ties count one half). NaN when a class is
-    missing."""
-    from sklearn.metrics import roc_auc_score
-
-    scores, labels = _scores_and_labels(scores, labels)
-    if labels.all() or not labels.any():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
-def roc_curve(scores, labels):
-    """(false-positive rates, true-positive rates), one point per distinct threshold, from
-    (0, 0) to (1, 1): scikit-learn's roc_curve with every point kept."""
-    from sklearn.metrics import roc_curve as sklearn_roc_curve
-
-    scores, labels = _scores_and_labels(scores, labels)
-    fpr, tpr, _ = sklearn_roc_curve(labels, scores, drop_intermediate=False)
-    return fpr, tpr
+def min_max(values: np.ndarray) -> np.ndarray:
+    """(v - min v) / (max v - min v) over the scored (non-NaN) entries; 0 everywhere when all
+    are equal; NaN stays NaN."""
+    scored = values[~np.isnan(values)]
+    if scored.size == 0:
+        return values.copy()
+    low, span = scored.min(), scored.max() - scored.min()
+    return (values - low) / span if span > 0 else np.where(np.isnan(values), np.nan, 0.0)
 
 
 def regularity(errors: np.ndarray) -> np.ndarray:
     """p = 1 - (e - min e) / (max e - min e) over the scored (non-NaN) frames; 1 everywhere
     when all errors are equal."""
-    scored = errors[~np.isnan(errors)]
-    if scored.size == 0:
-        return errors.copy()
-    low, span = scored.min(), scored.max() - scored.min()
-    return 1.0 - (errors - low) / span if span > 0 else np.where(np.isnan(errors), np.nan, 1.0)
+    return 1.0 - min_max(errors)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -111,11 +88,20 @@ def addressing_stats(model: MemAE, clips: torch.Tensor) -> Optional[Dict[str, fl
     }
 
 
-def _pooled(values: List[np.ndarray], labels: List[np.ndarray], indices):
+def pooled(values: List[np.ndarray], labels: List[np.ndarray], indices):
     scores = np.concatenate([values[i] for i in indices])
     truth = np.concatenate([labels[i] for i in indices])
     keep = ~np.isnan(scores)
     return scores[keep], truth[keep]
+
+
+def prepare_evaluation(model, out_dir, device):
+    """(model in eval mode on the device, results folder (created), device, memory backend)."""
+    out_dir, device = Path(out_dir), torch.device(device)
+    model = model.to(device).eval()
+    backend = memory_backend(model.config, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return model, out_dir, device, backend
 
 
 def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device="cpu",
@@ -125,13 +111,9 @@ def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device
     (plots=True) regularity.png, roc.png, examples.png. Returns the results dict."""
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
     if not dataset.test or dataset.labels is None:
         raise ValueError(f"{dataset.name} has no labelled test videos to evaluate on")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    backend = memory_backend(model.config, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    model, out_dir, device, backend = prepare_evaluation(model, out_dir, device)
     started = time.time()
     errors = []
     for video in tqdm(dataset.test, desc="scoring test videos", disable=None if progress else True,
@@ -149,17 +131,17 @@ def evaluate(model: MemAE, dataset: VideoDataset, clip_len: int, out_dir, device
         "test_videos": len(errors),
         "frames": int(sum(len(e) for e in errors)),
         "frames_scored": int(sum((~np.isnan(e)).sum() for e in errors)),
-        "auc": auroc(*_pooled(anomaly, labels, everything)),
-        "auc_raw_error": auroc(*_pooled(errors, labels, everything)),
+        "auc": auroc(*pooled(anomaly, labels, everything)),
+        "auc_raw_error": auroc(*pooled(errors, labels, everything)),
     }
     if dataset.kinds is not None:
         results["auc_by_kind"] = {
-            kind: auroc(*_pooled(anomaly, labels, [i for i, k in enumerate(dataset.kinds) if k == kind]))
+            kind: auroc(*pooled(anomaly, labels, [i for i, k in enumerate(dataset.kinds) if k == kind]))
             for kind in dict.fromkeys(dataset.kinds)}
     results["per_video"] = [
         {"name": v.name, "kind": dataset.kinds[i] if dataset.kinds else None,
          "frames": len(v), "anomalous_frames": int(labels[i].sum()),
-         "auc": auroc(*_pooled(anomaly, labels, [i]))}
+         "auc": auroc(*pooled(anomaly, labels, [i]))}
         for i, v in enumerate(dataset.test)]
     sample = ClipDataset(dataset.test, clip_len)
     picks = np.linspace(0, len(sample) - 1, min(address_clips, len(sample))).round().astype(int)
@@ -254,7 +236,7 @@ def _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir: Path, dev
     groups = [("all", list(range(len(errors))))]
     if dataset.kinds:
         groups += [(k, [i for i, kk in enumerate(kinds) if kk == k]) for k in firsts]
-    save_roc_plot([(name, *_pooled(anomaly, labels, idx)) for name, idx in groups],
+    save_roc_plot([(name, *pooled(anomaly, labels, idx)) for name, idx in groups],
                   f"{model.config.variant} on {dataset.name}", out_dir / "roc.png")
 
     # Input, reconstruction and error map of the centre frame of the clip with the largest

@@ -18,8 +18,8 @@ import torch
 
 from memae_fused.anomaly.data import ImageDataset, ImageTensors
 from memae_fused.anomaly.metrics import aupro, image_auroc, image_scores, pixel_auroc
-from memae_fused.anomaly.evaluate import save_roc_plot, write_results
-from memae_fused.anomaly.train import autocast, memory_backend
+from memae_fused.anomaly.evaluate import prepare_evaluation, save_roc_plot, write_results
+from memae_fused.anomaly.train import autocast
 
 SCORE_REDUCTIONS = ("max", "mean")
 
@@ -48,17 +48,13 @@ def evaluate_images(model, dataset: ImageDataset, out_dir, device="cpu", batch_s
         raise ValueError(f"--image-score must be one of {SCORE_REDUCTIONS}, got {score!r}")
     if len(dataset.test) == 0:
         raise ValueError(f"{dataset.name} has no test images to evaluate on")
-    out_dir = Path(out_dir)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    backend = memory_backend(model.config, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    model, out_dir, device, backend = prepare_evaluation(model, out_dir, device)
     started = time.time()
     maps = anomaly_maps(model, ImageTensors(dataset.test), batch_size, device, amp)
     labels = np.asarray(dataset.labels, dtype=np.uint8)
     by_reduction = {r: image_scores(maps, r) for r in SCORE_REDUCTIONS}
     scores = by_reduction[score]
-    kinds = list(dataset.kinds)
+    kinds = np.asarray(dataset.kinds)
     normal = labels == 0
     results = {
         "dataset": dataset.name,
@@ -72,9 +68,8 @@ def evaluate_images(model, dataset: ImageDataset, out_dir, device="cpu", batch_s
         "image_auroc_max": image_auroc(by_reduction["max"], labels),
         "image_auroc_mean": image_auroc(by_reduction["mean"], labels),
         "auroc_by_kind": {
-            kind: image_auroc(scores[normal | (np.asarray(kinds) == kind)],
-                              labels[normal | (np.asarray(kinds) == kind)])
-            for kind in dict.fromkeys(k for k, lab in zip(kinds, labels) if lab)},
+            kind: image_auroc(scores[normal | (kinds == kind)], labels[normal | (kinds == kind)])
+            for kind in dict.fromkeys(kinds[labels > 0].tolist())},
     }
     masks = None
     if dataset.masks is not None:

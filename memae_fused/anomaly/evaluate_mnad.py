@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
 from memae_fused.anomaly.data import VideoDataset, frames_to_tensor
-from memae_fused.anomaly.evaluate import auroc, save_roc_plot, write_results
-from memae_fused.anomaly.train import autocast, memory_backend
+from memae_fused.anomaly.evaluate import (min_max, pooled, prepare_evaluation, save_roc_plot,
+                                          write_results)
+from memae_fused.anomaly.metrics import auroc
+from memae_fused.anomaly.train import autocast
 
 # (alpha, test-time update threshold) per variant, the authors' values.
 SCORE_SETTINGS = {"mnad-pred": (0.6, 0.01), "mnad-recon": (0.7, 0.015)}
-
-
-def _min_max(values: np.ndarray) -> np.ndarray:
-    """Min-max normalised over the scored (non-NaN) frames; 0 where all are equal."""
-    scored = values[~np.isnan(values)]
-    if scored.size == 0:
-        return values.copy()
-    low, span = scored.min(), scored.max() - scored.min()
-    return (values - low) / span if span > 0 else np.where(np.isnan(values), np.nan, 0.0)
 
 
 def weighted_error(recon01: torch.Tensor, target01: torch.Tensor) -> float:
@@ -95,26 +87,15 @@ def evaluate_mnad(model, dataset: VideoDataset, out_dir, device="cpu", amp: str 
     The model's memory is updated in place by the test-time update."""
     if not dataset.test or dataset.labels is None:
         raise ValueError(f"{dataset.name} has no labelled test videos to evaluate on")
-    out_dir = Path(out_dir)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    backend = memory_backend(model.config, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    model, out_dir, device, backend = prepare_evaluation(model, out_dir, device)
     started = time.time()
     alpha, threshold = SCORE_SETTINGS[model.config.variant]
     psnrs, distances, updates, usage = mnad_frame_scores(model, dataset, device, amp,
                                                          test_time_update)
     if not model.config.use_memory:
         alpha = 1.0  # no items, no feature distance: the PSNR alone
-    scores = [alpha * (1 - _min_max(p)) + (1 - alpha) * _min_max(d) for p, d in zip(psnrs, distances)]
+    scores = [alpha * (1 - min_max(p)) + (1 - alpha) * min_max(d) for p, d in zip(psnrs, distances)]
     labels = [np.asarray(lab, dtype=np.uint8) for lab in dataset.labels]
-
-    def pooled(indices):
-        s = np.concatenate([scores[i] for i in indices])
-        y = np.concatenate([labels[i] for i in indices])
-        keep = ~np.isnan(s)
-        return s[keep], y[keep]
-
     everything = range(len(scores))
     all_psnr = np.concatenate(psnrs)  # lower PSNR, more anomalous; no normalisation
     results = {
@@ -123,20 +104,20 @@ def evaluate_mnad(model, dataset: VideoDataset, out_dir, device="cpu", amp: str 
         "alpha": alpha, "update_threshold": threshold if test_time_update else None,
         "test_videos": len(scores), "frames": int(sum(len(s) for s in scores)),
         "frames_scored": int(sum((~np.isnan(s)).sum() for s in scores)),
-        "auc": auroc(*pooled(everything)),
+        "auc": auroc(*pooled(scores, labels, everything)),
         "auc_psnr_only": auroc(-all_psnr[~np.isnan(all_psnr)], np.concatenate(labels)[~np.isnan(all_psnr)]),
         "test_time_updates": updates,
         "item_usage": item_usage(usage),
     }
     if dataset.kinds is not None:
         results["auc_by_kind"] = {
-            kind: auroc(*pooled([i for i, k in enumerate(dataset.kinds) if k == kind]))
+            kind: auroc(*pooled(scores, labels, [i for i, k in enumerate(dataset.kinds) if k == kind]))
             for kind in dict.fromkeys(dataset.kinds)}
     results["seconds"] = time.time() - started
     if extra:
         results.update(extra)
     if plots:
-        save_roc_plot([("all", *pooled(everything))], f"{model.config.variant} on {dataset.name}",
+        save_roc_plot([("all", *pooled(scores, labels, everything))], f"{model.config.variant} on {dataset.name}",
                       out_dir / "roc.png")
         results["plots"] = ["roc.png"]
     write_results(results, out_dir / "results.json")

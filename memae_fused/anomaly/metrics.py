@@ -31,13 +31,46 @@ import math
 from typing import Dict, Mapping, Tuple
 
 import numpy as np
-from scipy import ndimage
-from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["image_scores", "image_auroc", "pixel_auroc", "pro_curve", "aupro",
-           "per_class_table", "mean_auroc"]
+__all__ = ["auroc", "roc_curve", "image_scores", "image_auroc", "pixel_auroc", "pro_curve",
+           "aupro", "per_class_table", "mean_auroc"]
 
 _REDUCTIONS = ("max", "mean")
+
+
+# ----------------------------------------------------------------------------- ROC
+# scikit-learn and SciPy are imported where used: the command imports this module, and most
+# of its calls never compute a metric.
+
+
+def _scores_and_labels(scores, labels):
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    return scores, labels
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve (higher score = more anomalous, label 1 = anomalous), as
+    scikit-learn's roc_auc_score computes it (ties count one half). NaN when a class is
+    missing."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, labels = _scores_and_labels(scores, labels)
+    if labels.all() or not labels.any():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def roc_curve(scores, labels):
+    """(false-positive rates, true-positive rates), one point per distinct threshold, from
+    (0, 0) to (1, 1): scikit-learn's roc_curve with every point kept."""
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+    scores, labels = _scores_and_labels(scores, labels)
+    fpr, tpr, _ = sklearn_roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -94,11 +127,7 @@ def image_auroc(scores, labels) -> float:
     labels = np.asarray(labels).reshape(-1)
     if scores.size != labels.size:
         raise ValueError(f"{scores.size} scores but {labels.size} labels")
-    labels = _binary(labels, "labels")
-    scores = _finite(scores, "scores")
-    if labels.all() or not labels.any():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
+    return auroc(_finite(scores, "scores"), _binary(labels, "labels"))
 
 
 def pixel_auroc(anomaly_maps, masks) -> float:
@@ -106,10 +135,7 @@ def pixel_auroc(anomaly_maps, masks) -> float:
     the 0/1 masks must have equal shapes). NaN when there is no anomalous or no normal
     pixel."""
     anomaly_maps, masks = _maps_and_masks(anomaly_maps, masks)
-    masks = masks.reshape(-1)
-    if masks.all() or not masks.any():
-        return float("nan")
-    return float(roc_auc_score(masks, anomaly_maps.reshape(-1)))
+    return auroc(anomaly_maps, masks)
 
 
 # ----------------------------------------------------------------------------- PRO
@@ -118,6 +144,8 @@ def pixel_auroc(anomaly_maps, masks) -> float:
 def _label_regions(masks: np.ndarray) -> Tuple[np.ndarray, int]:
     """Connected regions (8-connectivity within each image, never across images) of masks of
     shape (N, H, W), labelled 1..count over the whole stack (0 = normal)."""
+    from scipy import ndimage
+
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 3x3 ones in the image plane, nothing along the image axis
     labels, count = ndimage.label(masks, structure=structure)
@@ -143,7 +171,9 @@ def _full_pro_curve(anomaly_maps, masks) -> Tuple[np.ndarray, np.ndarray]:
     weight_of_label = np.empty(count + 1)
     weight_of_label[0] = 1.0
     weight_of_label[1:] = 1.0 / (count * sizes[1:])
-    fpr, pro, _ = roc_curve(labels > 0, anomaly_maps.reshape(-1),
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+    fpr, pro, _ = sklearn_roc_curve(labels > 0, anomaly_maps.reshape(-1),
                             sample_weight=weight_of_label[labels], drop_intermediate=False)
     return fpr, pro
 

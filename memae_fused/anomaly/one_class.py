@@ -6,7 +6,6 @@ the image AUROC per class and model and its mean over the classes.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -16,6 +15,7 @@ import numpy as np
 from memae_fused.anomaly.data import load_image_dataset
 from memae_fused.anomaly.evaluate import write_results
 from memae_fused.anomaly.evaluate_images import evaluate_images
+from memae_fused.anomaly.metrics import mean_auroc
 from memae_fused.anomaly.presets import image_preset, image_run_configs
 from memae_fused.anomaly.train import load_model, resolve_device, train
 
@@ -69,18 +69,13 @@ def run_one_class(data: str, models: Sequence[str], classes: Sequence[int], seed
     summary = {
         "data": data, "image_score": score, "classes": list(classes), "seeds": list(seeds),
         "auroc": auroc,
-        "mean_auroc": {model: _nanmean(per_class.values()) for model, per_class in auroc.items()},
+        "mean_auroc": {model: mean_auroc(per_class) for model, per_class in auroc.items()},
         "per_run": runs, "settings": settings, "seconds": time.time() - started,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results(summary, out_dir / "results.json")
     (out_dir / "table.md").write_text(format_table(summary) + "\n")
     return summary
-
-
-def _nanmean(values) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return float(np.mean(kept)) if kept else float("nan")
 
 
 def format_table(summary: dict) -> str:

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from data_folders import make_ucsd
 from memae_fused.anomaly.data import ArrayVideo, DataConfig, VideoDataset, load_dataset
-from memae_fused.anomaly.evaluate import (addressing_stats, auroc, evaluate, regularity, roc_curve,
-                                  video_errors)
+from memae_fused.anomaly.evaluate import addressing_stats, evaluate, regularity, video_errors
+from memae_fused.anomaly.metrics import auroc, roc_curve
 from memae_fused.anomaly.models import AEOutput, ModelConfig, build_model
 from memae_fused.anomaly.train import TrainConfig, load_model, read_checkpoint, train
 
