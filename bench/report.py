@@ -15,8 +15,9 @@ memory, the capacity check) judged on the run's medians, then the tables.
 
 Ratios are of median times. "x eager" and "x compile": the case's speed-up over the eager
 reference and over its torch.compile. "of SDPA": SDPA's time over the case's (1.0 = as fast as
-the attention ceiling). TFLOP/s count the same model FLOPs for every case (forward 2, backward
-4, full 6, in units of 2*Q*N*C), not what each implementation executes.
+the attention ceiling). Model TFLOP/s count the same FLOPs for every case (forward 2, backward
+4, full 6, in units of 2*Q*N*C); own-count TFLOP/s what each implementation executes
+(bench/costs.py).
 """
 
 from __future__ import annotations
@@ -133,7 +134,9 @@ def row_values(b, by_case, peak):
         return by_case[other]["stats"]["median"] / median if other in by_case else None
 
     tflops = e["model_flops"] / median / 1e12
+    own = e.get("own_flops")
     return {
+        "own_tflops": None if own is None else own / median / 1e12,
         "median": median,
         "iqr": b["stats"].get("iqr"),
         "rounds": b["stats"].get("rounds"),
@@ -176,8 +179,8 @@ def perf_markdown(machine_info, benchmarks):
         peak, peak_desc = peak_tflops(machine_info, dtype)
         out += [f"### {device} {dtype}, Q={q}, N={n}, C={c}", ""]
         out += ["| mode | case | median ms | IQR ms | rounds | x eager | x compile | of SDPA "
-                "| model TFLOP/s | % of peak | peak MiB |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| model TFLOP/s | own-count TFLOP/s | % of peak | peak MiB |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         over_peak = False
         for mode in [m for m in MODE_ORDER if m in modes]:
             by_case = modes[mode]
@@ -185,11 +188,12 @@ def perf_markdown(machine_info, benchmarks):
                 v = row_values(by_case[case], by_case, peak)
                 over_peak = over_peak or (v["pct_peak"] or 0) > 100
                 pct = "-" if v["pct_peak"] is None else f"{v['pct_peak']:.1f}"
+                own = "-" if v["own_tflops"] is None else f"{v['own_tflops']:.3g}"
                 out.append(
                     f"| {mode} | {case_label(by_case[case])} | {fmt_time(v['median'])} "
                     f"| {fmt_time(v['iqr'])} | {v['rounds']} | {fmt_ratio(v['x_eager'])} "
                     f"| {fmt_ratio(v['x_compile'])} | {fmt_ratio(v['of_sdpa'])} "
-                    f"| {v['tflops']:.3g} | {pct} | {fmt_mib(v['peak_mem'])} |")
+                    f"| {v['tflops']:.3g} | {own} | {pct} | {fmt_mib(v['peak_mem'])} |")
         out += ["", f"Peak for '% of peak': {peak} TFLOP/s, {peak_desc}."]
         if over_peak:
             out += ["Cases above 100 % beat the measured torch.mm reference: that single "
@@ -324,26 +328,29 @@ def target_rows(benchmarks):
 
 def capacity_target_rows(capacity):
     """Issue 3's memory target from bench/gpu/capacity.py's results: each fused backend runs the
-    largest problem (finite outputs) on a device where eager python_ref's peak does not fit."""
+    largest problem's forward (finite outputs), and its forward + backward peak, extrapolated
+    from smaller Q, fits the device, where eager python_ref's peak does not."""
     if capacity.get("device_memory_bytes") is None:
         return []  # the CPU check of the script
     eager = capacity.get("eager", {})
     shape = f"{capacity['dtype']} {capacity['q']}x{capacity['n']}x{capacity['c']}"
+    target = "fwd+bwd fits where eager cannot (peak extrapolated from Q/16, Q/8)"
+    gib = 2.0 ** 30
     rows = []
     for backend, entry in capacity.get("backends", {}).items():
-        if "error" in entry:
-            rows.append(("3", f"{backend} fwd+bwd fits where eager cannot", shape,
-                         entry["error"], False))
+        forward = entry.get("forward", {})
+        both = entry.get("forward_backward_extrapolated", {})
+        peak, fits = both.get("peak_bytes"), eager.get("fits_on_device")
+        if "error" in entry or peak is None or fits is None:
+            reason = entry.get("error") or ("eager's peak not measured" if fits is None
+                                            else "forward + backward not measured")
+            rows.append(("3", f"{backend} {target}", shape, reason, False))
             continue
-        fits = eager.get("fits_on_device")
-        peak = entry.get("peak_bytes")
-        gib = 2.0 ** 30
-        measured = (f"{peak / gib:.1f} GiB peak; eager ~"
-                    f"{eager['extrapolated_peak_bytes'] / gib:.0f} GiB of "
-                    f"{capacity['device_memory_bytes'] / gib:.0f}"
-                    if peak is not None and fits is not None else "eager's peak not measured")
-        rows.append(("3", f"{backend} fwd+bwd fits where eager cannot", shape, measured,
-                     bool(entry.get("finite")) and fits is False))
+        measured = (f"{peak / gib:.1f} GiB peak; eager ~{eager['extrapolated_peak_bytes'] / gib:.0f}"
+                    f" GiB of {capacity['device_memory_bytes'] / gib:.0f}")
+        rows.append(("3", f"{backend} {target}", shape, measured,
+                     bool(forward.get("finite")) and peak < capacity["device_memory_bytes"]
+                     and fits is False))
     return rows
 
 
@@ -399,7 +406,8 @@ def write_markdown(path, machine_info, commit_info, when, benchmarks, png_name, 
         "grad), backward (after an untimed forward), full (forward + backward). Ratios: "
         "x eager / x compile = speed-up over eager python_ref / over its torch.compile; "
         "of SDPA = SDPA time / case time. Model TFLOP/s count forward 2, backward 4, full 6 "
-        "units of 2·Q·N·C for every case. Peak MiB: peak memory above what was allocated "
+        "units of 2·Q·N·C for every case; own-count TFLOP/s count the matrix work the case "
+        "itself does (python -m bench.costs: the fused kernels recompute the logits). Peak MiB: peak memory above what was allocated "
         "before the call (see bench/results/README.md for how it is measured).", ""]
     lines += targets_markdown(benchmarks, capacity)
     perf = perf_markdown(machine_info, benchmarks)

@@ -36,14 +36,25 @@ import memae_fused
 import python_ref
 from memae_fused import backends as memae_backends
 
+from bench import costs
 from bench.conftest import SHRINK_FACTOR, SIMILARITY, TEMPERATURE
 
 FUSED_CANDIDATES = {"cuda": ["triton", "cuda"], "cpu": ["cpp"]}
 # Model FLOPs in units of 2*Q*N*C, the same useful work counted for every case: forward =
-# logits + read, backward = the four products of their gradients (docs/algorithm.md counts
-# 3 and 8 for the fused kernels, which recompute the logits).
+# logits + read, backward = the four products of their gradients. Each case's own count
+# (the fused kernels recompute the logits) comes from bench/costs.py.
 MODEL_FLOP_UNITS = {"forward": 2, "backward": 4, "full": 6}
-FUSED_KERNEL_FLOP_UNITS = {"forward": 3, "backward": 8, "full": 11}
+COST_PARTS = {"forward": "forward", "backward": "backward", "full": "total"}
+
+
+def own_flops(case, mode, dtype, q, n, c):
+    """The FLOPs the case itself executes (bench/costs.py), None for SDPA."""
+    if case == "sdpa":
+        return None
+    if dtype == "float32" and torch.get_float32_matmul_precision() != "highest" and case != "cpp":
+        dtype = "tf32"
+    shrink = SHRINK_FACTOR > 0
+    return costs.units(case, dtype, shrink, c, COST_PARTS[mode], SIMILARITY) * 2 * q * n * c
 
 
 def cases_for(device):
@@ -281,9 +292,8 @@ def run_case(benchmark, settings, problem, mode, case):
             model_flops=MODEL_FLOP_UNITS[mode] * 2 * problem.q * problem.n * problem.c,
             first_call_s=round(first_call_s, 4), input_sets=n_sets,
         )
-        if case in ("triton", "cuda", "cpp"):
-            benchmark.extra_info["fused_kernel_flops"] = (
-                FUSED_KERNEL_FLOP_UNITS[mode] * 2 * problem.q * problem.n * problem.c)
+        benchmark.extra_info["own_flops"] = own_flops(case, mode, problem.dtype, problem.q,
+                                                      problem.n, problem.c)
         if case == "compile":
             benchmark.extra_info["compile_dynamic"] = problem.sweep or settings.fast
         if case == "sdpa":

@@ -5,10 +5,15 @@ import numpy as np
 from PIL import Image
 
 
+def flat_frame(value):
+    """A 48 x 64 frame of one gray level, or of one RGB colour when value is a triple."""
+    return np.full((48, 64) + ((3,) if isinstance(value, tuple) else ()), value, np.uint8)
+
+
 def write_frames(folder, values, suffix=".jpg", name="{:04d}"):
     folder.mkdir(parents=True)
     for i, v in enumerate(values):
-        Image.fromarray(np.full((48, 64), v, np.uint8)).save(folder / (name.format(i) + suffix))
+        Image.fromarray(flat_frame(v)).save(folder / (name.format(i) + suffix))
 
 
 def make_ucsd(root, with_m_file=True):
@@ -44,7 +49,9 @@ def write_video(path, values):
         stream = container.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for v in values:
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), v, np.uint8), format="rgb24")
+            rgb = np.broadcast_to(flat_frame(v)[..., None] if np.ndim(v) == 0 else flat_frame(v),
+                                  (48, 64, 3))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
 

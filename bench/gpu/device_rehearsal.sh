@@ -8,13 +8,14 @@
 #
 # then, on the device, two calls (gpu_check.sh's header says why), the second sent as soon as
 # the first returns, while the machine is still warm:
-#   run(command="bash bench/gpu/gpu_check.sh 1", timeout_s=480,
+#   run(command="bash bench/gpu/gpu_check.sh 1", timeout_s=290,
 #       carry=["build/device/_C.abi3.so", "build/device/_C.stamp"])
-#   run(command="GPU_CHECK_SECONDS=<S> bash bench/gpu/gpu_check.sh 2", timeout_s=<S + 20>,
+#   run(command="GPU_CHECK_SECONDS=<S> bash bench/gpu/gpu_check.sh 2", timeout_s=<S + 30>,
 #       carry=<the same>)
-# where S is the first call's lease.budget_left_s less 40 s, at most 360: the machine's start
+# where S is the first call's lease.budget_left_s less 40 s, at most 250: the machine's start
 # counts against the 15 minutes too, so part 2 gets what part 1 leaves and still ends with
-# its report rather than being cut off.
+# its report rather than being cut off. About 2 + 4.5 + 4.5 minutes: a part that fails can
+# run once more within the 15.
 #
 # The tree it tests is a copy of the working tree as the device tool sends it (tracked and
 # untracked-not-ignored files). Environment: PYTHON312 (python3.12), VENV (.venv-device).

@@ -3,60 +3,70 @@
 #
 #   bench/gpu/gpu_check.sh [all|1|2]      (from anywhere in the repo; uses the python3 on PATH)
 #
-# The device tool lends 15 minutes a session, each machine start (a minute or more) included,
-# and one command runs 10 minutes at most, so the work comes in two parts:
-#   1  (7 min): the GPU tests, the performance shapes in bfloat16, the capacity check;
-#   2  (6 min): the performance shapes in float32, the Triton tile timing, the sweep over N.
-# Part 1 holds what the issues judge first. Sent right after part 1 (within the 30 s the
-# machine stays warm), part 2 needs no second start; it gets GPU_CHECK_SECONDS from what the
-# lease has left (bench/gpu/device_rehearsal.sh says how). Where part 1 shows a failure, fix it
-# first and have part 2 run the failing tests again (GPU_CHECK_STEPS="tests perf sweep").
-# "all" runs every step in one go (15 min: more than one device call allows), for a machine
-# of your own. The report merges the parts: bench/report.py P1/bench-perf.json
-# P2/bench-perf.json P2/bench-sweep.json --capacity P1/capacity.json --tune P2/tune.json.
+# The device tool lends 15 minutes a session, the machine's start (about 2 minutes) included,
+# and one command runs 10 minutes at most. The work comes in two parts of about 250 s each,
+# so that both and a rerun of either fit: 120 + 250 + 250 + 250 = 870 s.
+#   1: per-kernel timings (bench/gpu/kernel_timings.py, first, so that even a broken build of
+#      the rest returns numbers), compute-sanitizer memcheck, the GPU tests, the capacity check;
+#   2: compute-sanitizer racecheck, the performance shapes (bfloat16, then float32), the
+#      Triton tile timing, the sweep over N.
+# Sent right after part 1 (within the 30 s the machine stays warm), part 2 needs no second
+# start; it gets GPU_CHECK_SECONDS from what the lease has left (bench/gpu/device_rehearsal.sh
+# says how). Where part 1 shows a failure, fix it first and have part 2 run the failing tests
+# again (GPU_CHECK_STEPS="tests perf sweep"). "all" runs every step in one go, for a machine
+# of your own. The report merges the parts: bench/report.py P2/bench-perf.json
+# P2/bench-sweep.json --capacity P1/capacity.json --tune P2/tune.json.
 #
 # Writes to $OUT (default .benchmarks/gpu_check-<time>, ignored by git): gpu_check.log (all
-# output), bench-perf.json and bench-sweep.json (pytest-benchmark), tune.json (tile shapes
-# timed), capacity.json, and the report <date>-<HHMM>-cuda-<gpu>.md/.png/.json, which is what
-# goes to bench/results/ (at most 8 files: as many as the device tool brings back).
-# Each part ends within about GPU_CHECK_SECONDS: every step has a hard time limit; the
-# benchmarks share what the tests leave and skip the cases they have no time for (listed as
-# skipped in the log).
+# output, the sanitizer's included), kernels.json, bench-perf.json and bench-sweep.json
+# (pytest-benchmark), tune.json, capacity.json, and the report
+# <date>-<HHMM>-cuda-<gpu>.md/.png/.json, which is what goes to bench/results/ (a part writes
+# at most 7 files; the device tool brings back 8). kernels.json and capacity.json are
+# rewritten after every case, so a step cut short still returns what it measured.
 #
-# Steps, in this order: build (or the prebuilt extension), backends, tests, probe (each fused
-# backend alone, bench/gpu/probe_backend.py: one that faults is left out of the benchmarks, which
-# it would otherwise take down), perf (the performance shapes, dtype per part), capacity
-# (bench/gpu/capacity.py: (65536, 100000, 256) bf16 forward + backward with each fused backend),
-# tune (bench/gpu/tune_triton_tiles.py: the two plans of the query-major backward against each
-# other, then the Triton tile picks against the other candidates), sweep (for the plot),
-# report.
+# Budgets: the kernel timings and the capacity check take the time their scripts' --predict
+# gives from the cost model (bench/costs.py: roofline time at 20 % efficiency, plus Triton's
+# compiles), times GPU_CHECK_MARGIN (2); the tests, the sanitizer and the tile timing have
+# fixed limits (compiles and start-up dominate them, which the cost model does not count);
+# the benchmarks share what is left and skip the cases they have no time for (listed as
+# skipped in the log). Every limit is a hard one: timeout -k sends SIGKILL 10 s after the
+# SIGINT, which a CUDA synchronize can ignore.
 #
-# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 420, part 2: 360, all: 900),
+# Steps, in this order: build (or the prebuilt extension), backends, kernels, memcheck,
+# racecheck, tests, probe (each fused backend alone, bench/gpu/probe_backend.py: one that
+# faults is left out of the benchmarks, which it would otherwise take down), perf, capacity
+# (bench/gpu/capacity.py: (65536, 100000, 256) bf16, forward at full size, forward + backward
+# extrapolated, with each fused backend), tune (bench/gpu/tune_triton_tiles.py: the two plans
+# of the query-major backward against each other, then the Triton tile picks against the
+# other candidates), sweep (for the plot), report.
+#
+# Environment: PYTHON (python3), OUT, GPU_CHECK_SECONDS (part 1: 250, part 2: 250, all: 600),
 # GPU_CHECK_STEPS (the steps to run, e.g. "tests perf"; default: the part's),
-# GPU_CHECK_PERF_DTYPES (the part's: bfloat16, float32; all: both), GPU_CHECK_TEST_SECONDS
-# (170), GPU_CHECK_CAPACITY_SECONDS (60), GPU_CHECK_TUNE_SECONDS (45), TORCH_CUDA_ARCH_LIST
-# (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them all),
-# GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks), GPU_CHECK_TEST_WORKERS (8:
-# pytest-xdist workers for the Triton tests, half as many for the others, where installed),
-# GPU_CHECK_SKIP_BUILD=1 (use the extension as built; without it, one that
-# bench/gpu/device_rehearsal.sh built and the call carried in build/device/ is used when its
-# stamp matches), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry run of this script in bench fast mode,
-# for checking the script itself).
+# GPU_CHECK_PERF_DTYPES (bfloat16 float32), GPU_CHECK_TEST_SECONDS (110),
+# GPU_CHECK_SANITIZE_SECONDS (40 per tool), GPU_CHECK_TUNE_SECONDS (45), GPU_CHECK_MARGIN (2),
+# TORCH_CUDA_ARCH_LIST (9.0), GPU_CHECK_TESTS (pytest -k filter for tests/; "" runs them
+# all), GPU_CHECK_BENCH_ARGS (more pytest arguments for the benchmarks),
+# GPU_CHECK_TEST_WORKERS (8: pytest-xdist workers for the Triton tests, half as many for the
+# others, where installed), GPU_CHECK_SKIP_BUILD=1 (use the extension as built; without it,
+# one that bench/gpu/device_rehearsal.sh built and the call carried in build/device/ is used
+# when its stamp matches), GPU_CHECK_ALLOW_CPU=1 (no GPU: a dry run of this script in bench
+# fast mode, for checking the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 PART=${1:-all}
 case "$PART" in
-  1) DEFAULT_STEPS="tests perf capacity" DEFAULT_TOTAL=420 DEFAULT_DTYPES="bfloat16" ;;
-  2) DEFAULT_STEPS="perf tune sweep" DEFAULT_TOTAL=360 DEFAULT_DTYPES="float32" ;;
-  all) DEFAULT_STEPS="tests perf capacity tune sweep" DEFAULT_TOTAL=900
-       DEFAULT_DTYPES="bfloat16 float32" ;;
+  1) DEFAULT_STEPS="kernels memcheck tests capacity" DEFAULT_TOTAL=250 ;;
+  2) DEFAULT_STEPS="racecheck perf tune sweep" DEFAULT_TOTAL=250 ;;
+  all) DEFAULT_STEPS="kernels memcheck racecheck tests perf capacity tune sweep"
+       DEFAULT_TOTAL=600 ;;
   *) echo "usage: bench/gpu/gpu_check.sh [all|1|2]" >&2; exit 2 ;;
 esac
 STEPS=" ${GPU_CHECK_STEPS:-$DEFAULT_STEPS} "
 TOTAL_S=${GPU_CHECK_SECONDS:-$DEFAULT_TOTAL}
-PERF_DTYPES=${GPU_CHECK_PERF_DTYPES-$DEFAULT_DTYPES}
-CAPACITY_S=${GPU_CHECK_CAPACITY_SECONDS:-60}
+PERF_DTYPES=${GPU_CHECK_PERF_DTYPES-bfloat16 float32}
+MARGIN=${GPU_CHECK_MARGIN:-2}
+SANITIZE_S=${GPU_CHECK_SANITIZE_SECONDS:-40}
 TUNE_S=${GPU_CHECK_TUNE_SECONDS:-45}
 REPORT_RESERVE_S=15
 PY=${PYTHON:-python3}
@@ -91,7 +101,7 @@ bench_share() {
   local name=$1 min=$2 left
   left=$(( TOTAL_S - $(elapsed) - REPORT_RESERVE_S ))
   if [ "$name" = perf ]; then
-    wants capacity && left=$(( left - CAPACITY_S ))
+    wants capacity && left=$(( left - capacity_s ))
     wants tune && left=$(( left - TUNE_S - 20 ))
     wants sweep && left=$(( left * 2 / 3 ))
   fi
@@ -129,7 +139,7 @@ use_prebuilt() {
 # pytest-xdist, where installed, spreads them over the CPUs. No -x: one call must show every
 # failure there is (the time limit bounds a broken run).
 run_tests() {
-  local limit=${GPU_CHECK_TEST_SECONDS:-170} logs pids=() names=(triton cuda-cpp)
+  local limit=${GPU_CHECK_TEST_SECONDS:-110} logs pids=() names=(triton cuda-cpp)
   local selections=("triton" "not triton") workers=("" "") n=${GPU_CHECK_TEST_WORKERS:-8} i k rc t0
   if "$PY" -c "import xdist" 2>/dev/null; then
     workers=("-n $n" "-n $(( n / 2 > 0 ? n / 2 : 1 ))")  # the Triton run compiles
@@ -142,7 +152,7 @@ run_tests() {
     echo
     echo "=== [$(elapsed)s] tests-${names[$i]}: pytest tests/op tests/gpu -k \"$k\" ${workers[$i]}"
     # shellcheck disable=SC2086  # "-n N" or nothing
-    timeout "$limit" "$PY" -m pytest tests/op tests/gpu -q -p no:cacheprovider --continue-on-collection-errors \
+    timeout -k 10 "$limit" "$PY" -m pytest tests/op tests/gpu -q -p no:cacheprovider --continue-on-collection-errors \
       -k "$k" ${workers[$i]} >"$logs/$i.log" 2>&1 &
     pids+=($!)
   done
@@ -206,8 +216,38 @@ for name in backends.BACKENDS:
     if reason: print(' ', name, 'unavailable:', reason)
 "
 
+  # Per-kernel timings first: numbers come back even if what follows breaks.
+  if wants kernels; then
+    local kernels_s kernel_args=()
+    if [ "$has_gpu" = 1 ]; then
+      kernels_s=$(( $("$PY" bench/gpu/kernel_timings.py --predict) * MARGIN + 15 ))
+    else
+      kernels_s=120 kernel_args=(--allow-cpu)
+    fi
+    run_step kernels timeout -k 10 -s INT "$kernels_s" "$PY" bench/gpu/kernel_timings.py \
+      "${kernel_args[@]}" --budget $(( kernels_s - 15 )) --out "$OUT/kernels.json"
+  fi
+  # compute-sanitizer over the CUDA kernels at small shapes (bench/gpu/sanitize_cases.py):
+  # memcheck in every dtype, racecheck (slower) in two. Its output goes to the log.
+  local tool
+  for tool in memcheck racecheck; do
+    wants "$tool" || continue
+    if [ "$has_gpu" != 1 ] || ! command -v compute-sanitizer >/dev/null; then
+      echo "gpu_check: $tool skipped (no GPU or no compute-sanitizer)"
+      continue
+    fi
+    run_step "$tool" timeout -k 10 "$SANITIZE_S" compute-sanitizer --tool "$tool" \
+      --error-exitcode 3 "$PY" bench/gpu/sanitize_cases.py $([ "$tool" = racecheck ] && echo --quick)
+  done
+
   if wants tests; then
     run_tests
+  fi
+
+  # The capacity check's budget, from the cost model (+20 s: Python's start, eager at small Q).
+  local capacity_s=0
+  if wants capacity; then
+    capacity_s=$(( $("$PY" bench/gpu/capacity.py --predict) * MARGIN + 20 ))
   fi
 
   local extra=() share backend probed=() failed=() not_failed=""
@@ -248,16 +288,16 @@ print(*memae_fused.available_backends(torch.device('$device')))") "
     [ -n "$not_failed" ] && expr+="${expr:+ and }not ($not_failed)"
     [ -n "$expr" ] && perf_k=(-k "$expr")
     share=$(bench_share perf 90)
-    run_step perf timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_perf \
+    run_step perf timeout -k 10 -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_perf \
       -q -p no:cacheprovider "${bench_args[@]}" "${perf_k[@]}" --bench-budget $(( share - 45 )) \
       --benchmark-json "$OUT/bench-perf.json" --benchmark-columns=median,iqr,rounds
   fi
 
-  if wants capacity && [ "$CAPACITY_S" -gt 0 ]; then
+  if wants capacity; then
     local capacity_args=()
     [ "$has_gpu" != 1 ] && capacity_args+=(--allow-cpu)
     [ "$has_gpu" = 1 ] && capacity_args+=(--backends "$(IFS=,; echo "${probed[*]}")")
-    run_step capacity timeout -s INT "$CAPACITY_S" "$PY" bench/gpu/capacity.py \
+    run_step capacity timeout -k 10 -s INT "$capacity_s" "$PY" bench/gpu/capacity.py \
       "${capacity_args[@]}" --json "$OUT/capacity.json"
   fi
 
@@ -272,7 +312,7 @@ print(*memae_fused.available_backends(torch.device('$device')))") "
     if [ "$share" -lt 20 ]; then
       echo "gpu_check: tune skipped, too little time left"
     else
-      run_step tune timeout -s INT $(( share + 20 )) "$PY" bench/gpu/tune_triton_tiles.py --quick \
+      run_step tune timeout -k 10 -s INT $(( share + 20 )) "$PY" bench/gpu/tune_triton_tiles.py --quick \
         --shapes 16384,2000,256 --budget "$share" --out "$OUT/tune.json"
     fi
   fi
@@ -281,7 +321,7 @@ print(*memae_fused.available_backends(torch.device('$device')))") "
     share=$(bench_share sweep 75)
     local sweep_k=()
     [ -n "$not_failed" ] && sweep_k=(-k "not ($not_failed)")
-    run_step sweep timeout -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_sweep \
+    run_step sweep timeout -k 10 -s INT "$share" "$PY" -m pytest bench/test_memory_read.py::test_sweep \
       -q -p no:cacheprovider "${bench_args[@]}" "${sweep_k[@]}" --bench-budget $(( share - 45 )) \
       --benchmark-json "$OUT/bench-sweep.json" --benchmark-columns=median,iqr,rounds
   fi

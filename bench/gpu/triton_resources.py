@@ -40,22 +40,41 @@ from memae_fused.backends import triton as triton_kernels  # noqa: E402
 SHARED_LIMIT = {90: 232448, 80: 166912}
 # Each tile_config kernel's launches: the sweep compiles the first (the heaviest: shrinkage,
 # separate keys and values), --check all of them, since each is a separate compile. The
-# backward's third is the released MemAE code's configuration (shrinkage, dot similarity).
+# backward's third is the released MemAE code's configuration (shrinkage, dot similarity);
+# the forward's and the dquery pass's last, lam = 0 with cosine similarity (MemAE-nonSpar,
+# DAAD, MNAD): the one-sweep forward and the only query-major pass at lam = 0.
 KERNELS = {
     "forward": [(triton_kernels._fwd_kernel, dict(SHRINK=True, SPLIT=False, SHARED_KV=False)),
                 (triton_kernels._fwd_kernel, dict(SHRINK=False, SPLIT=True, SHARED_KV=True)),
-                (triton_kernels._row_max_sum_kernel, dict(SHARED_KV=False))],
+                (triton_kernels._row_max_sum_kernel, dict(SHARED_KV=False)),
+                (triton_kernels._fwd_kernel, dict(SHRINK=False, SPLIT=False, SHARED_KV=False))],
     # The query-major backward's three passes (triton_kernels.backward_query_plan).
     **{name: [(triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False, PASS=pass_)),
               (triton_kernels._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True, PASS=pass_)),
               (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True, PASS=pass_))]
-       for name, pass_ in (("backward_query", "fused"), ("backward_row_term", "row_term"),
-                           ("backward_dquery", "dquery"))},
+       for name, pass_ in (("backward_query", "fused"), ("backward_row_term", "row_term"))},
+    "backward_dquery": [
+        (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False, PASS="dquery")),
+        (triton_kernels._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True, PASS="dquery")),
+        (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True, PASS="dquery")),
+        (triton_kernels._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=False, PASS="dquery"))],
     "backward_memory": [(triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False)),
                         (triton_kernels._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True)),
                         (triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=True))],
 }
-TWO_PASS_KERNELS = ("backward_row_term", "backward_dquery")
+# Which query-major passes each backward_query_plan runs.
+PLAN_PASSES = {"fused": {"backward_query"}, "row_term_first": {"backward_row_term", "backward_dquery"},
+               "dquery_only": {"backward_dquery"}}
+
+
+def launched(kernel_name, variant, dtype, block_c, precision) -> bool:
+    """Whether the op launches this kernel variant at this dtype and width."""
+    if kernel_name not in ("backward_query", "backward_row_term", "backward_dquery"):
+        return True
+    shrink = KERNELS[kernel_name][variant][1]["SHRINK"]
+    plan = triton_kernels.backward_query_plan(block_c, dtype, torch.device("cuda"), precision,
+                                              shrink)
+    return kernel_name in PLAN_PASSES[plan]
 # (name, element type, dot precision): the dtypes users run and float64 for the tests.
 MODES = {
     "bfloat16": ("bf16", "ieee", torch.bfloat16),
@@ -199,13 +218,15 @@ def main():
                                                          block_cs):
         if triton_kernels.unsupported_reason(MODES[mode][2], block_c, gpu) is not None:
             continue  # the op refuses these inputs with a clear error (or "auto" moves on)
-        if (kernel_name in TWO_PASS_KERNELS and triton_kernels.backward_query_plan(
-                block_c, MODES[mode][2], gpu, MODES[mode][1]) == "fused"):
-            continue  # the query-major backward runs in one pass there
         picked = tuple(triton_kernels.tile_config(kernel_name, block_c, MODES[mode][2], gpu,
                                                  MODES[mode][1]))
         shapes = [picked] if args.check else list(dict.fromkeys([picked] + candidates))
-        variants = range(len(KERNELS[kernel_name])) if args.check or args.all_variants else [0]
+        # Only the variants the op launches (the query-major passes depend on the plan); the
+        # sweep compiles the first of them.
+        variants = [v for v in range(len(KERNELS[kernel_name]))
+                    if launched(kernel_name, v, MODES[mode][2], block_c, MODES[mode][1])]
+        if not (args.check or args.all_variants):
+            variants = variants[:1]
         jobs += [(kernel_name, mode, block_c, tiles, args.arch, variant)
                  for tiles in shapes for variant in variants]
 

@@ -110,7 +110,9 @@ def add_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="the normal class of a one-class set (digits, mnist, cifar10: 0-9)")
     g.add_argument("--category", help="MVTec-AD category (with --data mvtec:ROOT)")
     g.add_argument("--color", choices=("gray", "rgb"),
-                   help="image channels (default: gray for digits and MNIST, rgb otherwise)")
+                   help="channels the frames or images are read with (default: gray for videos, "
+                        "digits and MNIST, rgb for the other image sets; the synthetic video set "
+                        "is gray only)")
     g.add_argument("--flips", action="store_true",
                    help="random horizontal and vertical flips of the training images (DAAD's)")
     g.add_argument("--normal-dir", default="normal", help="folder: the normal training images' folder")
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-IMAGE_ONLY_OPTIONS = ("normal_class", "category", "color", "flips", "division", "mask_dir")
+IMAGE_ONLY_OPTIONS = ("normal_class", "category", "flips", "division", "mask_dir")
 
 
 def configs_from_args(args):
@@ -282,7 +284,7 @@ def configs_from_args(args):
                              f"to {'--model ' + args.model if ignored else 'image data'} on {args.data}")
         return image_run_configs(data=data, **common, progress=not args.no_progress,
                                  **{name: getattr(args, name) for name in (
-                                     *IMAGE_ONLY_OPTIONS, "normal_dir", "abnormal_dir",
+                                     *IMAGE_ONLY_OPTIONS, "color", "normal_dir", "abnormal_dir",
                                      "normal_test_dir")})
     misplaced = [name for name in IMAGE_ONLY_OPTIONS if getattr(args, name, None)]
     if misplaced or args.model in DAAD_VARIANTS:
@@ -294,7 +296,7 @@ def configs_from_args(args):
     return run_configs(preset=args.preset, data=data, data_format=args.data_format,
                        labels=args.labels, clip_len=args.clip_len, clip_stride=args.clip_stride,
                        use_memory=not args.no_memory, usage_weight=args.usage_weight, **common,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, color=args.color or "gray")
 
 
 # Which config field each train option sets: (config, field).
@@ -424,14 +426,17 @@ def cmd_train(args, argv) -> int:
 
 
 def _data_config(args, defaults: DataConfig) -> DataConfig:
-    if args.data is None:
-        return defaults
+    """The checkpoint's data settings with evaluate's --data (and its layout options) and
+    --size applied; frames are read with the channels the model was trained on."""
     size = _square(args.size) or tuple(defaults.size)
-    synthetic = None
-    if args.data == "synthetic":
-        synthetic = dict(defaults.synthetic or {}, size=size[0])
-    return DataConfig(source=args.data, format=args.data_format, labels=args.labels, size=size,
-                      synthetic=synthetic)
+    if args.data is None:
+        fields = dict(defaults.to_dict(), size=size)
+    else:
+        fields = dict(source=args.data, format=args.data_format, labels=args.labels, size=size,
+                      synthetic=None, channels=defaults.channels)
+    if fields["source"] == "synthetic":
+        fields["synthetic"] = dict(defaults.synthetic or {}, size=size[0])
+    return DataConfig(**fields)
 
 
 def _print_results(text: str, out: Path, auc: float = 0.0, undefined_because: str = "",
@@ -511,7 +516,7 @@ def _report(problems, data: str, all_good: str) -> int:
 def cmd_check_image_data(args) -> int:
     _, data_cfg, _ = image_run_configs(
         data=_absolute(args.data), size=args.size,
-        **{name: getattr(args, name) for name in (*IMAGE_ONLY_OPTIONS, "normal_dir",
+        **{name: getattr(args, name) for name in (*IMAGE_ONLY_OPTIONS, "color", "normal_dir",
                                                   "abnormal_dir", "normal_test_dir")
            if name != "division"})
     dataset = load_image_dataset(data_cfg)

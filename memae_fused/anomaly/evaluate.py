@@ -49,9 +49,10 @@ def regularity(errors: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def video_errors(model: MemAE, frames: np.ndarray, clip_len: int, batch_size: int,
                  device, amp: str = "none") -> np.ndarray:
-    """Per-frame error (NaN where no clip is centred) of one video's uint8 (T, H, W) frames."""
+    """Per-frame error (NaN where no clip is centred) of one video's uint8 frames, (T, H, W)
+    or RGB (T, H, W, 3)."""
     errors = np.full(len(frames), np.nan)
-    video = frames_to_tensor(frames)  # (1, T, H, W)
+    video = frames_to_tensor(frames)  # (C, T, H, W)
     starts = list(range(len(frames) - clip_len + 1))
     for i in range(0, len(starts), batch_size):
         batch = starts[i:i + batch_size]
@@ -181,6 +182,14 @@ def write_results(results: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- plots
 
 
+def _show_frame(ax, frame: torch.Tensor) -> None:
+    """A (C, H, W) frame in [-1, 1]: gray with C = 1, colour with C = 3."""
+    if frame.shape[0] == 1:
+        ax.imshow(frame[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+    else:
+        ax.imshow(((frame.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
+
+
 def save_roc_plot(curves, title: str, path: Path) -> None:
     """ROC curves, one per (name, scores, labels), with their AUROCs, into `path`."""
     import matplotlib
@@ -257,8 +266,8 @@ def _plots(model, dataset, errors, anomaly, labels, clip_len, out_dir: Path, dev
     fig, axes = plt.subplots(len(rows), 3, figsize=(8.5, 2.5 * len(rows)), squeeze=False)
     for (name, frame, x, r), ax in zip(rows, axes):
         err = (r - x).pow(2).sum(0).sqrt()
-        ax[0].imshow(x[0].numpy(), cmap="gray", vmin=-1, vmax=1)
-        ax[1].imshow(r[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+        for a, frame_chw in zip(ax[:2], (x, r)):
+            _show_frame(a, frame_chw)
         shown_err = ax[2].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=2)
         fig.colorbar(shown_err, ax=ax[2], fraction=0.046, pad=0.04,
                      label="per-pixel L2 error on [-1, 1]")

@@ -46,7 +46,7 @@ def mnad_frame_scores(model, dataset: VideoDataset, device, amp: str = "none",
     psnrs, distances, updates = [], [], 0
     usage = np.zeros(cfg.num_items if cfg.use_memory else 0, np.int64)
     for video in dataset.test:
-        frames = frames_to_tensor(video.frames())  # (1, T, H, W)
+        frames = frames_to_tensor(video.frames())  # (C, T, H, W)
         psnr = np.full(len(video), np.nan)
         distance = np.full(len(video), np.nan)
         for t in range(context - 1, len(video)):

@@ -37,13 +37,20 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                 epochs: Optional[int] = None, batch_size: Optional[int] = None,
                 lr: Optional[float] = None, clip_len: int = 16, clip_stride: Optional[int] = None,
                 amp: str = "none", workers: int = 0, seed: int = 0, device: str = "auto",
-                progress: bool = True, use_memory: bool = True, usage_weight: float = 0.0):
+                progress: bool = True, use_memory: bool = True, usage_weight: float = 0.0,
+                color: str = "gray"):
     """(model config, DataConfig, TrainConfig) of a video run: the preset's values,
     overridden by every option that is not None. `size` is (H, W) or one number for square
     frames. MNAD models take their clip length from the variant (5 frames for prediction,
     1 for reconstruction), four `channels` (three stages and the memory's dim), `num_slots`
-    items, and a cosine learning-rate schedule."""
+    items, and a cosine learning-rate schedule. color "gray" or "rgb": how frames are read
+    (rgb models take 3 input channels)."""
     base = PRESETS[preset]
+    if color not in ("gray", "rgb"):
+        raise ValueError(f"--color: 'gray' or 'rgb', got {color!r}")
+    in_channels = 3 if color == "rgb" else 1
+    data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=(1, 1),
+                          channels=in_channels)
 
     def pick(value, key):
         return base[key] if value is None else value
@@ -61,11 +68,10 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
         if len(widths) != 4:
             raise ValueError(f"--channels: MNAD takes four widths (three encoder stages and the "
                              f"memory's dim), got {widths}")
-        model_cfg = MNADConfig(variant=model, in_channels=1, channels=widths[:3],
+        model_cfg = MNADConfig(variant=model, in_channels=in_channels, channels=widths[:3],
                                feature_dim=widths[3], num_items=num_slots or mnad["num_items"],
                                use_memory=use_memory, usage_weight=usage_weight, backend=backend)
-        data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=frame_size,
-                              synthetic=synthetic)
+        data_cfg.size, data_cfg.synthetic = frame_size, synthetic
         train_cfg = TrainConfig(epochs=pick(epochs, "epochs"),
                                 batch_size=batch_size or mnad.get("batch_size", base["batch_size"]),
                                 lr=lr or mnad["lr"], clip_len=model_cfg.clip_len,
@@ -78,13 +84,12 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
     decoder = decoder_channels
     if decoder is None and channels is None:
         decoder = base["decoder_channels"]
-    model_cfg = ModelConfig(variant=model, dims=3, in_channels=1,
+    model_cfg = ModelConfig(variant=model, dims=3, in_channels=in_channels,
                             channels=pick(channels, "channels"), decoder_channels=decoder,
                             num_slots=pick(num_slots, "num_slots"), shrink_thres=shrink_thres,
                             similarity=similarity, temperature=temperature,
                             entropy_weight=entropy_weight, backend=backend)
-    data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=frame_size,
-                          synthetic=synthetic)
+    data_cfg.size, data_cfg.synthetic = frame_size, synthetic
     train_cfg = TrainConfig(epochs=pick(epochs, "epochs"), batch_size=pick(batch_size, "batch_size"),
                             lr=pick(lr, "lr"), clip_len=clip_len,
                             clip_stride=pick(clip_stride, "clip_stride"), amp=amp,

@@ -1,7 +1,7 @@
 """Fused MemAE memory read in Triton: forward, backward and their torch.library wiring.
 
-Algorithm (docs/algorithm.md has the derivation). Per block of queries the forward sweeps
-the memory twice: sweep 1 keeps an online max m and sum l of exp of the logits (online
+Algorithm (docs/algorithm.md has the derivation; bench/costs.py counts each plan's matrix
+work). With shrinkage (lam > 0), per block of queries the forward sweeps the memory twice: sweep 1 keeps an online max m and sum l of exp of the logits (online
 softmax); sweep 2 recomputes the logits, forms w = exp((s - m) - log l), the hard shrinkage
 h, and accumulates sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and entropy then
 need only per-row scalars, so no Q x N tensor ever reaches device memory. The forward saves
@@ -9,6 +9,16 @@ four numbers per row (m, log l, the shrink sum S and A' = sum a²/(a+eps)). m an
 kept apart rather than as one logsumexp L = m + log l: rounding L (|L| up to 1/temperature)
 would cost every weight a relative error of ulp(L), which a near one-hot row, the usual
 MemAE case, turns into a large error in its entropy and gradients.
+
+Without shrinkage (lam = 0: MemAE-nonSpar, DAAD's and MNAD's reads) the weights are the
+softmax itself, so one sweep suffices, as in FlashAttention: the read accumulates
+exp(s - m)·mv against a running max m and is rescaled when m grows; the entropy comes from
+P = sum exp(s - m)·(s - m), rescaled the same way, as log l - P / l. That is -sum w log w,
+where the reference takes -sum w log(w + eps): the two differ by sum w log(1 + eps/w), less
+than N·eps (eps = 1e-12), and A' (sum w²/(w + eps)) is taken as 1, its eps terms nearly
+cancelling those of the entropy in D. The backward then needs no row term: with a = w,
+R = sum w·dw - D is zero but for D's rounding, so d(query) = sum w·(dw - D)·mk takes one
+query-major sweep with one accumulator ("dquery_only").
 
 The backward recomputes the logits, FlashAttention style. The per-row reduction
 D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
@@ -140,16 +150,54 @@ def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split
 
 
 @triton.jit
+def _online_read(zq, MK, MV, offs_c, mask_c, C, n_start, n_end, scale, zero, acc,
+                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                 UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+    """lam = 0 in one sweep over slots [n_start, n_end), FlashAttention's online softmax:
+    running max m, l = sum p and acc = sum p·mv with p = exp(s - m), and P = sum p·(s - m)
+    for the entropy (-sum w log w = log l - P / l), all rescaled by exp(m_old - m_new)
+    whenever m grows."""
+    m_i = tl.full([BLOCK_Q], float("-inf"), dtype=scale.dtype)
+    l_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    p_i = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_end
+        mask_nc = mask_n[:, None] & mask_c[None, :]
+        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        if SHARED_KV:
+            mv = mk
+        else:
+            mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        # Masked slots (s = -inf) and the first tile (m_i = -inf, l_i = 0) add nothing; the
+        # where()s keep inf·0 out.
+        moved = tl.where(l_i > 0, m_i - m_new, 0.0) * l_i
+        shifted = tl.where(mask_n[None, :], s - m_new[:, None], 0.0)
+        p_i = alpha * (p_i + moved) + tl.sum(p * shifted, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = _mm(p.to(mv.dtype), mv, acc * alpha[:, None], PREC, UPCAST)
+        m_i = m_new
+    return m_i, l_i, p_i, acc
+
+
+@triton.jit
 def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
                 Q, N, C, n_per_split,
                 SHRINK: tl.constexpr, SPLIT: tl.constexpr,
                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                 PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
-    """Sweeps 1 and 2 for one block of queries over one split of the slots.
+    """One block of queries over one split of the slots.
 
-    Unsplit (SPLIT = False): runs sweep 1 itself and writes the final read, entropy and stats.
-    Split: takes m and log l from STATS and writes the partial sums of its slots for the host
-    to combine.
+    lam > 0: sweeps 1 and 2. Unsplit (SPLIT = False) runs sweep 1 itself and writes the
+    final read, entropy and stats; split takes m and log l from STATS and writes the partial
+    sums of its slots (acc, sum h, sum h·log h, #kept) for the host to combine.
+    lam = 0: one online sweep (_online_read). Unsplit writes the results; split writes its
+    partial acc, m, l and P, which the host combines as FlashDecoding does.
     """
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -164,68 +212,77 @@ def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
     n_start = pid_s * n_per_split
     n_end = tl.minimum(n_start + n_per_split, N)
     zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
-
-    if SPLIT:
-        row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
-        row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
-    else:
-        row_max, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
-                                       BLOCK_Q, BLOCK_N, PREC, UPCAST)
-        row_logl = tl.log(l_i)
-
     acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
-    # Row sums. Shrink: sum h, sum h·log h, #kept (h > 0).
-    # No shrink (a = w): unused, sum w·log(w + eps), sum w²/(w + eps) (= A').
-    sum_h = tl.zeros([BLOCK_Q], dtype=scale.dtype)
-    sum_hlogh = tl.zeros([BLOCK_Q], dtype=scale.dtype)
-    sum_third = tl.zeros([BLOCK_Q], dtype=scale.dtype)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_end
-        mask_nc = mask_n[:, None] & mask_c[None, :]
-        mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-        if SHARED_KV:  # dot similarity: keys and values are the same memory tile
-            mv = mk
+    part = pid_s * Q + offs_q
+    stride = Q * tl.num_programs(1)
+
+    if not SHRINK:
+        row_max, l_i, p_i, acc = _online_read(zq, MK, MV, offs_c, mask_c, C, n_start, n_end,
+                                              scale, zero, acc, BLOCK_Q, BLOCK_N, PREC, UPCAST,
+                                              SHARED_KV)
+        if SPLIT:
+            tl.store(PART_ACC + part[:, None] * C + offs_c[None, :], acc, mask=mask_qc)
+            tl.store(PART_STATS + part, row_max, mask=mask_q)
+            tl.store(PART_STATS + stride + part, l_i, mask=mask_q)
+            tl.store(PART_STATS + 2 * stride + part, p_i, mask=mask_q)
         else:
-            mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-        s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
-        w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
-        if SHRINK:
+            row_logl = tl.log(l_i)
+            read = acc / l_i[:, None]
+            ent = row_logl - p_i / l_i
+            tl.store(READ + offs_q[:, None] * C + offs_c[None, :], read.to(READ.dtype.element_ty),
+                     mask=mask_qc)
+            tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
+            one = tl.full([BLOCK_Q], 1.0, dtype=scale.dtype)
+            tl.store(STATS + offs_q, row_max, mask=mask_q)
+            tl.store(STATS + Q + offs_q, row_logl, mask=mask_q)
+            tl.store(STATS + 2 * Q + offs_q, one, mask=mask_q)
+            tl.store(STATS + 3 * Q + offs_q, one, mask=mask_q)
+    else:
+        if SPLIT:
+            row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
+            row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+        else:
+            row_max, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale,
+                                           zero, BLOCK_Q, BLOCK_N, PREC, UPCAST)
+            row_logl = tl.log(l_i)
+        sum_h = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+        sum_hlogh = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+        num_kept = tl.zeros([BLOCK_Q], dtype=scale.dtype)
+        for n0 in range(n_start, n_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < n_end
+            mask_nc = mask_n[:, None] & mask_c[None, :]
+            mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+            if SHARED_KV:  # dot similarity: keys and values are the same memory tile
+                mv = mk
+            else:
+                mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc,
+                             other=0.0)
+            s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
+            w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]),
+                         0.0)
             h, u, keep = _shrink(w, lam)
             sum_h += tl.sum(h, 1)
             sum_hlogh += tl.sum(tl.where(keep, h * tl.log(tl.where(keep, h, 1.0)), 0.0), 1)
-            sum_third += tl.sum(keep.to(scale.dtype), 1)
+            num_kept += tl.sum(keep.to(scale.dtype), 1)
+            acc = _mm(h.to(mv.dtype), mv, acc, PREC, UPCAST)
+        if SPLIT:
+            tl.store(PART_ACC + part[:, None] * C + offs_c[None, :], acc, mask=mask_qc)
+            tl.store(PART_STATS + part, sum_h, mask=mask_q)
+            tl.store(PART_STATS + stride + part, sum_hlogh, mask=mask_q)
+            tl.store(PART_STATS + 2 * stride + part, num_kept, mask=mask_q)
         else:
-            h = w
-            sum_hlogh += tl.sum(w * tl.log(w + 1e-12), 1)
-            sum_third += tl.sum(w * w / (w + 1e-12), 1)
-        acc = _mm(h.to(mv.dtype), mv, acc, PREC, UPCAST)
-
-    if SPLIT:
-        part = pid_s * Q + offs_q
-        tl.store(PART_ACC + part[:, None] * C + offs_c[None, :], acc, mask=mask_qc)
-        tl.store(PART_STATS + part, sum_h, mask=mask_q)
-        tl.store(PART_STATS + Q * tl.num_programs(1) + part, sum_hlogh, mask=mask_q)
-        tl.store(PART_STATS + 2 * Q * tl.num_programs(1) + part, sum_third, mask=mask_q)
-    else:
-        if SHRINK:
             s_c = tl.maximum(sum_h, 1e-12)
             frac = sum_h / s_c
-            ent = -sum_hlogh / s_c + frac * tl.log(s_c) - 1e-12 * frac * sum_third
-            aux = frac - 1e-12 * frac * sum_third
-            read = acc / s_c[:, None]
-        else:
-            sum_h = tl.full([BLOCK_Q], 1.0, dtype=scale.dtype)
-            ent = -sum_hlogh
-            aux = sum_third
-            read = acc
-        tl.store(READ + offs_q[:, None] * C + offs_c[None, :], read.to(READ.dtype.element_ty),
-                 mask=mask_qc)
-        tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
-        tl.store(STATS + offs_q, row_max, mask=mask_q)
-        tl.store(STATS + Q + offs_q, row_logl, mask=mask_q)
-        tl.store(STATS + 2 * Q + offs_q, sum_h, mask=mask_q)
-        tl.store(STATS + 3 * Q + offs_q, aux, mask=mask_q)
+            ent = -sum_hlogh / s_c + frac * tl.log(s_c) - 1e-12 * frac * num_kept
+            aux = frac - 1e-12 * frac * num_kept
+            tl.store(READ + offs_q[:, None] * C + offs_c[None, :],
+                     (acc / s_c[:, None]).to(READ.dtype.element_ty), mask=mask_qc)
+            tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
+            tl.store(STATS + offs_q, row_max, mask=mask_q)
+            tl.store(STATS + Q + offs_q, row_logl, mask=mask_q)
+            tl.store(STATS + 2 * Q + offs_q, sum_h, mask=mask_q)
+            tl.store(STATS + 3 * Q + offs_q, aux, mask=mask_q)
 
 
 @triton.jit
@@ -501,10 +558,13 @@ def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.dev
 
 
 def backward_query_plan(block_c: int, dtype: torch.dtype, device: torch.device,
-                        precision: str = "ieee") -> str:
-    """How the query-major backward runs: "fused" (one sweep) or "row_term_first" (two
-    sweeps; see _ROW_TERM_FIRST). The interpreter runs the fused sweep; the tests ask for
-    both."""
+                        precision: str = "ieee", shrink: bool = True) -> str:
+    """How the query-major backward runs: "dquery_only" for lam = 0 (R = 0, see the module
+    docstring: one sweep with one accumulator), else "fused" (one sweep) or "row_term_first"
+    (two sweeps; see _ROW_TERM_FIRST). With lam > 0 the interpreter runs the fused sweep;
+    the tests ask for both."""
+    if not shrink:
+        return "dquery_only"
     if device.type == "cpu":
         return "fused"
     operand = _operand_type(dtype, precision)
@@ -643,6 +703,25 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
                 SHRINK=shrink, SPLIT=False, **meta)
         return read, entropy, stats
 
+    part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
+    part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
+    if not shrink:
+        # Each split's online sums are relative to its own max: rescale to the top one.
+        _launch(_fwd_kernel, (q_blocks, splits),
+                zq, mk, memory, read, entropy, stats, part_acc, part_stats, params,
+                q, n, c, n_per_split, SHRINK=False, SPLIT=True, **meta)
+        part_max, part_l, part_p = part_stats
+        top = part_max.amax(dim=0)
+        alpha = torch.exp(part_max - top)
+        l_sum = (alpha * part_l).sum(dim=0)
+        p_sum = (alpha * (part_p + (part_max - top) * part_l)).sum(dim=0)
+        stats[0] = top
+        stats[1] = torch.log(l_sum)
+        stats[2:] = 1.0
+        read.copy_((alpha[:, :, None] * part_acc).sum(dim=0) / l_sum[:, None])
+        entropy.copy_(stats[1] - p_sum / l_sum)
+        return read, entropy, stats
+
     part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
     part_sum = torch.empty_like(part_max)
     _launch(_row_max_sum_kernel, (q_blocks, splits),
@@ -650,26 +729,17 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
     top = part_max.amax(dim=0)
     stats[0] = top
     stats[1] = torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
-    part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
-    part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
     _launch(_fwd_kernel, (q_blocks, splits),
             zq, mk, memory, read, entropy, stats, part_acc, part_stats, params,
-            q, n, c, n_per_split, SHRINK=shrink, SPLIT=True, **meta)
+            q, n, c, n_per_split, SHRINK=True, SPLIT=True, **meta)
     acc = part_acc.sum(dim=0)
-    sum_h, sum_hlogh, sum_third = part_stats.sum(dim=1)
-    if shrink:
-        s_c = sum_h.clamp_min(EPS)
-        frac = sum_h / s_c
-        ent = -sum_hlogh / s_c + frac * torch.log(s_c) - EPS * frac * sum_third
-        aux = frac - EPS * frac * sum_third
-        read.copy_(acc / s_c[:, None])
-    else:
-        sum_h = torch.ones_like(sum_h)
-        ent, aux = -sum_hlogh, sum_third
-        read.copy_(acc)
-    entropy.copy_(ent)
+    sum_h, sum_hlogh, num_kept = part_stats.sum(dim=1)
+    s_c = sum_h.clamp_min(EPS)
+    frac = sum_h / s_c
+    entropy.copy_(-sum_hlogh / s_c + frac * torch.log(s_c) - EPS * frac * num_kept)
+    read.copy_(acc / s_c[:, None])
     stats[2] = sum_h
-    stats[3] = aux
+    stats[3] = frac - EPS * frac * num_kept
     return read, entropy, stats
 
 
@@ -732,7 +802,12 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
              + gam * (entropy.to(acc_dtype) - stats[3])).contiguous()
 
     block_c = _block_c(c)
-    if backward_query_plan(block_c, query.dtype, query.device, constants["PREC"]) == "fused":
+    plan = backward_query_plan(block_c, query.dtype, query.device, constants["PREC"], shrink)
+    if plan == "dquery_only":
+        r_row = torch.zeros_like(d_row)
+        grad_zq, _ = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
+                                  constants, "dquery", r_row)
+    elif plan == "fused":
         grad_zq, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row,
                                       params, constants, "fused")
     else:

@@ -234,6 +234,21 @@ def test_training_needs_no_labels_but_evaluation_does(avenue, tmp_path, capsys):
     assert_one_line_error(status, err, "Test is not a folder")
 
 
+def test_memae_on_rgb_frames_and_evaluate_at_another_size(avenue, tmp_path, capsys):
+    # --color rgb reads the frames folder in colour and builds a 3-channel MemAE; evaluate
+    # keeps the channels, and --size alone (no --data) rescales the checkpoint's data.
+    train_tiny(avenue, tmp_path / "run", capsys, "--color", "rgb")
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    assert read_checkpoint(ckpt)["model_config"]["in_channels"] == 3
+    status, _, err = run(["evaluate", "--checkpoint", ckpt, "--no-progress"], capsys)
+    assert status == 0, err
+    assert (tmp_path / "run" / "eval" / "examples.png").is_file()
+    status, _, err = run(["evaluate", "--checkpoint", ckpt, "--size", "24", "--out",
+                          tmp_path / "eval24", "--no-plots", "--no-progress"], capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "eval24" / "results.json").read_text())["frames"] == 16
+
+
 def test_check_data_lists_every_unreadable_file_and_train_refuses_them(avenue, tmp_path, capsys):
     status, stdout, err = run(["check-data", "--data", avenue], capsys)
     assert status == 0, err

@@ -181,6 +181,37 @@ def test_video_files(tmp_path):
     assert len(problems) == 1 and problems[0].startswith(f"{root / 'training_videos' / 'bad.avi'}: ")
 
 
+def test_rgb_frames_keep_their_colours(tmp_path):
+    # Frames folder of coloured JPEGs and a video file: channels=3 keeps R, G, B apart (in
+    # that order, up to compression), clips are (3, T, H, W); channels=1 reads the same
+    # files as gray.
+    colour = (200, 40, 90)
+    root = tmp_path / "colour"
+    write_frames(root / "training" / "frames" / "01", [colour] * 5)
+    write_video(root / "testing" / "videos" / "01.avi", [colour] * 4)
+    np.save(root / "frame_labels_colour.npy", np.array([0, 1, 1, 0], np.uint8))
+    data = load_dataset(DataConfig(source=str(root), size=SIZE, channels=3))
+    for video, tolerance in ((data.train[0], 3), (data.test[0], 12)):
+        frames = video.frames()
+        assert frames.shape == (len(video), *SIZE, 3) and frames.dtype == np.uint8
+        assert np.abs(frames.reshape(-1, 3).mean(0) - colour).max() < tolerance
+    clip = ClipDataset(data.train, clip_len=4)[0]
+    assert clip.shape == (3, 4, *SIZE)
+    expected = torch.tensor(colour, dtype=torch.float32) / 127.5 - 1
+    assert torch.allclose(clip.mean((1, 2, 3)), expected, atol=3 / 127.5)
+    gray = load_dataset(DataConfig(source=str(root), size=SIZE), test=False).train[0].frames()
+    luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    assert gray.shape == (5, *SIZE) and abs(gray.mean() - luma) < 3
+    # UCSD is recorded in gray: read as RGB, its three channels are equal.
+    make_ucsd(tmp_path / "ucsd")
+    frames = load_ucsd(tmp_path / "ucsd", SIZE, channels=3).test[0].frames()
+    assert frames.shape == (6, *SIZE, 3) and (frames == frames[..., :1]).all()
+    with pytest.raises(ValueError, match="--color rgb: the synthetic video set is grayscale"):
+        DataConfig(channels=3)
+    with pytest.raises(ValueError, match="--color"):
+        DataConfig(source=str(root), channels=2)
+
+
 # ----------------------------------------------------------------------------- training only, checks
 
 

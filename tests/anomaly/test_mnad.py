@@ -15,6 +15,7 @@ from memae_fused.anomaly.evaluate_mnad import evaluate_mnad, weighted_error
 from memae_fused.anomaly.models import MNADConfig, build_model, loss_terms
 from memae_fused.anomaly.models.mnad import MNADOutput
 from memae_fused.anomaly.train import TrainConfig, epoch_lr, read_checkpoint, train
+from data_folders import write_frames
 
 TINY_SYNTHETIC = dict(size=32, radius=5, speed=2.5, frames_per_video=24, num_train_videos=2,
                       num_test_videos_per_kind=1, anomaly_frames=8, margin=6)
@@ -160,6 +161,32 @@ def test_command_line(tmp_path, capsys):
     assert "--model: checkpoint 'mnad-recon', given 'mnad-pred'" in capsys.readouterr().err
     assert cli.main(["train", "--model", "memae", "--no-memory", "--out", str(tmp_path / "x")]) == 2
     assert "--no-memory applies to the MNAD models" in capsys.readouterr().err
+
+
+def test_command_line_on_rgb_frames(tmp_path, capsys):
+    # MNAD reads colour (as the authors train it on Avenue and ShanghaiTech): a hand-made
+    # frames folder of coloured frames, trained and evaluated through the command line.
+    root = tmp_path / "colour"
+    rng = np.random.default_rng(0)
+    for split, name in (("training", "01"), ("testing", "01"), ("testing", "02")):
+        write_frames(root / split / "frames" / name,
+                     [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(8)])
+    np.save(root / "frame_labels_colour.npy", np.array([0] * 8 + [0] * 5 + [1] * 3, np.uint8))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "mnad-pred", "--data", str(root), "--color", "rgb",
+                     "--size", "32", "--channels", "4,8,8,16", "--num-slots", "4", "--epochs", "1",
+                     "--batch-size", "2", "--out", str(run), "--no-progress"]) == 0
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    assert ckpt["model_config"]["in_channels"] == 3 and ckpt["data_config"]["channels"] == 3
+    assert cli.main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--no-progress"]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["frames_scored"] == 2 * (8 - 4) and (run / "eval" / "roc.png").is_file()
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(run), "--resume", "--color", "gray"]) == 2
+    assert "--color: checkpoint 3, given 1" in capsys.readouterr().err
+    assert cli.main(["train", "--color", "rgb", "--out", str(tmp_path / "x")]) == 2
+    assert "--color rgb: the synthetic video set is grayscale" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_usage_term_enters_the_loss_only_when_weighted():

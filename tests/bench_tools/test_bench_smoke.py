@@ -29,7 +29,11 @@ def test_bench_suite_fast_mode_and_report(tmp_path):
     assert any(b["extra_info"]["sweep"] for b in benchmarks)
     for b in benchmarks:
         assert b["stats"]["rounds"] >= 2 and b["stats"]["median"] > 0
-        assert b["extra_info"]["model_flops"] > 0
+        e = b["extra_info"]
+        assert e["model_flops"] > 0
+        # Each case's own count (bench/costs.py) is at least the model's: nothing does less.
+        assert (e["own_flops"] is None) == (e["case"] == "sdpa")
+        assert e["case"] == "sdpa" or e["own_flops"] >= e["model_flops"]
         assert "peak_mem_bytes" in b["extra_info"]
 
     # gpu_check's other two tables: capacity.py's own (its CPU check of the script) and the

@@ -71,10 +71,12 @@ def test_cpu_targets_and_capacity(report):
     capacity = {"q": 65536, "n": 100000, "c": 256, "dtype": "bfloat16",
                 "device_memory_bytes": 140 * gib,
                 "eager": {"extrapolated_peak_bytes": 900 * gib, "fits_on_device": False},
-                "backends": {"triton": {"peak_bytes": 20 * gib, "finite": True},
-                             "cuda": {"error": "out of memory: tried to allocate"}}}
+                "backends": {"triton": {"forward": {"peak_bytes": 9 * gib, "finite": True},
+                                        "forward_backward_extrapolated": {"peak_bytes": 20 * gib}},
+                             "cuda": {"forward": {"peak_bytes": 9 * gib, "finite": True},
+                                      "error": "out of memory: tried to allocate"}}}
+    target = "fwd+bwd fits where eager cannot (peak extrapolated from Q/16, Q/8)"
     verdicts = {r[1]: r[4] for r in report.capacity_target_rows(capacity)}
-    assert verdicts == {"triton fwd+bwd fits where eager cannot": True,
-                        "cuda fwd+bwd fits where eager cannot": False}
+    assert verdicts == {f"triton {target}": True, f"cuda {target}": False}
     # capacity.py's CPU check of itself has no device memory to judge against.
     assert report.capacity_target_rows(dict(capacity, device_memory_bytes=None)) == []

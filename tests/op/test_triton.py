@@ -57,11 +57,18 @@ def run_both(q, n, c, *, similarity, shrink_factor, dtype, temperature=None, sca
     return want, got, eager
 
 
-def assert_matches(want, got, eager=None, **tol):
+def online_slack(n, shrink_factor):
+    """The entropy's allowance at lam = 0, where the one-sweep forward computes -sum w log w
+    rather than the reference's -sum w log(w + eps): 0 < w log(1 + eps/w) < eps per slot."""
+    return 0.0 if shrink_factor else n * 1e-12
+
+
+def assert_matches(want, got, eager=None, entropy_slack=0.0, **tol):
     """Element-wise in float64; by whole-tensor error below it (cases.check_against_reference)."""
     for i, name in enumerate(("read", "entropy", "grad_query", "grad_memory")):
         if got[i].dtype == torch.float64:
-            torch.testing.assert_close(got[i].cpu(), want[i], msg=lambda m: f"{name}: {m}", **tol)
+            t = dict(tol, atol=tol["atol"] + entropy_slack) if name == "entropy" else tol
+            torch.testing.assert_close(got[i].cpu(), want[i], msg=lambda m: f"{name}: {m}", **t)
         else:
             check_against_reference(name, got[i], want[i], eager[i], **tol)
 
@@ -78,7 +85,7 @@ def test_matches_reference(q, n, c, similarity, shrink_factor, dtype):
         shrink_factor = 0.5  # one slot has weight 1: keep it
     want, got, eager = run_both(q, n, c, similarity=similarity, shrink_factor=shrink_factor,
                                 dtype=dtype)
-    assert_matches(want, got, eager, **TOL[dtype])
+    assert_matches(want, got, eager, online_slack(n, shrink_factor), **TOL[dtype])
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
@@ -89,7 +96,7 @@ def test_split_paths_match_reference(monkeypatch, similarity, shrink_factor):
     monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: 3)
     want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
                             dtype=torch.float64)
-    assert_matches(want, got, **TOL[torch.float64])
+    assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("splits", [1, 3])
@@ -102,7 +109,7 @@ def test_row_term_first_plan_matches_reference(monkeypatch, similarity, shrink_f
     monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: splits)
     want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
                             dtype=torch.float64)
-    assert_matches(want, got, **TOL[torch.float64])
+    assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("plan", ["fused", "row_term_first"])
@@ -136,12 +143,14 @@ def test_wide_channels():
     assert_matches(want, got, eager, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("shrink_factor", [0.0, 2.0])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
-def test_low_precision_close_to_eager_same_precision(dtype, similarity):
+def test_low_precision_close_to_eager_same_precision(dtype, similarity, shrink_factor):
     # 16-bit inputs, float32 accumulation: judged by eager PyTorch's error in the same precision
-    # against the float64 reference (FlashAttention's criterion), forward and backward.
-    want, got, eager = run_both(64, 150, 32, similarity=similarity, shrink_factor=2.0,
+    # against the float64 reference (FlashAttention's criterion), forward and backward. At
+    # lam = 0 the backward takes D from the rounded read and no row term R (dquery_only).
+    want, got, eager = run_both(64, 150, 32, similarity=similarity, shrink_factor=shrink_factor,
                                 dtype=dtype)
     assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
 

@@ -32,13 +32,22 @@ __all__ = ["ANOMALY_KINDS", "ONE_CLASS_SOURCES", "ArrayImageSet", "ArrayVideo", 
 @dataclass
 class DataConfig:
     """Where the data comes from: source "synthetic" or a folder; format "auto" picks UCSD
-    (Train/ and Test/) or frames-folder (training/ and testing/) from the folder's contents."""
+    (Train/ and Test/) or frames-folder (training/ and testing/) from the folder's contents.
+    channels: 1 (frames read as grayscale) or 3 (RGB; folders only, the synthetic set is
+    grayscale)."""
 
     source: str = "synthetic"
     format: str = "auto"
     labels: Optional[str] = None
     size: Tuple[int, int] = (256, 256)
     synthetic: Optional[Dict] = None
+    channels: int = 1
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"--color: frames have 1 (gray) or 3 (rgb) channels, got {self.channels}")
+        if self.channels == 3 and self.source == "synthetic":
+            raise ValueError("--color rgb: the synthetic video set is grayscale; use a data folder")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,8 +175,9 @@ def load_dataset(cfg: DataConfig, test: bool = True, with_labels: bool = True) -
         raise FileNotFoundError(f"--data: data folder {root} does not exist (or pass 'synthetic')")
     fmt = detect_format(root) if cfg.format == "auto" else cfg.format
     if fmt == "ucsd":
-        return load_ucsd(root, tuple(cfg.size), test=test, with_labels=with_labels)
+        return load_ucsd(root, tuple(cfg.size), test=test, with_labels=with_labels,
+                         channels=cfg.channels)
     if fmt == "frames":
         return load_frames_folder(root, cfg.labels, tuple(cfg.size), test=test,
-                                  with_labels=with_labels)
+                                  with_labels=with_labels, channels=cfg.channels)
     raise ValueError(f"format must be 'auto', 'ucsd' or 'frames', got {cfg.format!r}")

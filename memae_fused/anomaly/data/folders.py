@@ -29,12 +29,12 @@ def _numbered_dirs(folder: Path, prefix: str) -> List[Path]:
                   key=natural_key)
 
 
-def _frame_folder_video(folder: Path, size: Size) -> ImageFolderVideo:
+def _frame_folder_video(folder: Path, size: Size, channels: int = 1) -> ImageFolderVideo:
     paths = _image_files(folder)
     if not paths:
         raise ValueError(f"video folder {folder} holds no image frames "
                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ImageFolderVideo(folder.name, paths, size)
+    return ImageFolderVideo(folder.name, paths, size, channels)
 
 
 def _parse_ucsd_m_file(path: Path) -> List[List[Tuple[int, int]]]:
@@ -55,13 +55,14 @@ def _parse_ucsd_m_file(path: Path) -> List[List[Tuple[int, int]]]:
 
 
 def load_ucsd(root: Union[str, Path], size: Size = (256, 256), test: bool = True,
-              with_labels: bool = True) -> VideoDataset:
+              with_labels: bool = True, channels: int = 1) -> VideoDataset:
     """UCSD Ped1/Ped2 as distributed: root/Train/Train001/001.tif ..., root/Test/Test001/...,
     pixel masks in root/Test/Test001_gt/ (a frame is anomalous if its mask has any non-zero
     pixel); test videos without a _gt folder take their frame ranges from the UCSDped*.m
     file in root/Test (Ped1 ships masks for only some videos). test=False loads the training
     videos only (Test/ is then not needed); with_labels=False loads the test videos without
-    their labels (the data set's labels are then None)."""
+    their labels (the data set's labels are then None). channels: 1 (grayscale, as UCSD is
+    recorded) or 3 (the gray frames as RGB, for models built for colour)."""
     root = Path(root)
     layout = ("expected the UCSD layout: ROOT/Train/Train001/001.tif ..., "
               "ROOT/Test/Test001/001.tif ..., ROOT/Test/Test001_gt/001.bmp ...")
@@ -71,13 +72,13 @@ def load_ucsd(root: Union[str, Path], size: Size = (256, 256), test: bool = True
     train_dirs = _numbered_dirs(root / "Train", "Train")
     if not train_dirs:
         raise FileNotFoundError(f"no Train### video folders under {root / 'Train'}; {layout}")
-    train = [_frame_folder_video(d, size) for d in train_dirs]
+    train = [_frame_folder_video(d, size, channels) for d in train_dirs]
     if not test:
         return VideoDataset(root.name, train, [], [])
     test_dirs = _numbered_dirs(root / "Test", "Test")
     if not test_dirs:
         raise FileNotFoundError(f"no Test### video folders under {root / 'Test'}; {layout}")
-    test = [_frame_folder_video(d, size) for d in test_dirs]
+    test = [_frame_folder_video(d, size, channels) for d in test_dirs]
     if not with_labels:
         return VideoDataset(root.name, train, test, None)
     m_files = sorted((root / "Test").glob("*.m"))
@@ -109,7 +110,7 @@ def load_ucsd(root: Union[str, Path], size: Size = (256, 256), test: bool = True
 # Frames-folder layout (Avenue, ShanghaiTech)
 
 
-def _split_videos(root: Path, split: str, size: Size) -> List[Video]:
+def _split_videos(root: Path, split: str, size: Size, channels: int) -> List[Video]:
     """root/<split>/frames/<video>/<frame>.jpg, or video files in root/<split>/videos/ or
     root/<split>_videos/ (Avenue's original naming)."""
     frames_dir = root / split / "frames"
@@ -118,7 +119,7 @@ def _split_videos(root: Path, split: str, size: Size) -> List[Video]:
                       key=natural_key)
         if not dirs:
             raise FileNotFoundError(f"{frames_dir} holds no video folders")
-        return [_frame_folder_video(d, size) for d in dirs]
+        return [_frame_folder_video(d, size, channels) for d in dirs]
     for videos_dir in (root / split / "videos", root / f"{split}_videos"):
         if videos_dir.is_dir():
             files = sorted((p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES),
@@ -126,7 +127,7 @@ def _split_videos(root: Path, split: str, size: Size) -> List[Video]:
             if not files:
                 raise FileNotFoundError(f"{videos_dir} holds no video files "
                                         f"({', '.join(sorted(VIDEO_SUFFIXES))})")
-            return [VideoFileVideo(p.stem, p, size) for p in files]
+            return [VideoFileVideo(p.stem, p, size, channels) for p in files]
     raise FileNotFoundError(
         f"no {split} videos under {root}: expected {frames_dir}/<video>/<frame>.jpg, or video "
         f"files in {root / split / 'videos'} or {root / (split + '_videos')}")
@@ -134,20 +135,21 @@ def _split_videos(root: Path, split: str, size: Size) -> List[Video]:
 
 def load_frames_folder(root: Union[str, Path], labels: Optional[Union[str, Path]] = None,
                        size: Size = (256, 256), test: bool = True,
-                       with_labels: bool = True) -> VideoDataset:
+                       with_labels: bool = True, channels: int = 1) -> VideoDataset:
     """The common layout of Avenue and ShanghaiTech: root/training/frames/01/0000.jpg ...,
     root/testing/frames/01/..., and a label file frame_labels_<name>.npy (one 0/1 entry per
     test frame, all test videos concatenated in sorted order; shape (1, F) or (F,)).
     `labels` defaults to the single frame_labels_*.npy in root. test=False loads the
     training videos only (no test videos or labels needed); with_labels=False loads the test
-    videos without their labels (the data set's labels are then None)."""
+    videos without their labels (the data set's labels are then None). channels: 1
+    (grayscale) or 3 (RGB)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
-    train = _split_videos(root, "training", size)
+    train = _split_videos(root, "training", size, channels)
     if not test:
         return VideoDataset(root.name, train, [], [])
-    test = _split_videos(root, "testing", size)
+    test = _split_videos(root, "testing", size, channels)
     if not with_labels:
         return VideoDataset(root.name, train, test, None)
     if labels is None:

@@ -1,8 +1,8 @@
 """Videos as the models see them: frame sequences (in memory, image files or video files),
 a data set of normal training and labelled test videos, and the clips cut from them.
 
-Frames are kept as uint8 grayscale (T, H, W) at the requested size; clips handed to models
-are float32 (1, T, H, W) in [-1, 1].
+Frames are kept as uint8 at the requested size, grayscale (T, H, W) or RGB (T, H, W, 3);
+clips handed to models are float32 (C, T, H, W) in [-1, 1], C = 1 or 3.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def natural_key(path: Union[Path, str]):
 
 
 class Video:
-    """A named sequence of grayscale frames."""
+    """A named sequence of grayscale or RGB frames."""
 
     name: str
 
@@ -32,7 +32,7 @@ class Video:
         raise NotImplementedError
 
     def frames(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
-        """uint8 (stop - start, H, W)."""
+        """uint8 (stop - start, H, W), or (stop - start, H, W, 3) for RGB."""
         raise NotImplementedError
 
     def frame_name(self, index: int) -> str:
@@ -47,8 +47,10 @@ class Video:
 
 class ArrayVideo(Video):
     def __init__(self, name: str, frames: np.ndarray):
-        if frames.ndim != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (T, H, W), got {frames.dtype} {frames.shape}")
+        rgb = frames.ndim == 4 and frames.shape[-1] == 3
+        if not (frames.ndim == 3 or rgb) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W) or (T, H, W, 3), got "
+                             f"{frames.dtype} {frames.shape}")
         self.name, self._frames = name, frames
 
     def __len__(self):
@@ -58,11 +60,13 @@ class ArrayVideo(Video):
         return self._frames[start:stop]
 
 
-def _to_gray(image, size: Size) -> np.ndarray:
+def _to_array(image, size: Size, channels: int = 1) -> np.ndarray:
+    """A PIL image as uint8 (H, W) (channels 1) or (H, W, 3) (channels 3) at `size`."""
     from PIL import Image
 
-    if image.mode != "L":
-        image = image.convert("L")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
@@ -71,8 +75,8 @@ def _to_gray(image, size: Size) -> np.ndarray:
 class ImageFolderVideo(Video):
     """Frames stored as image files, read (and resized) on demand."""
 
-    def __init__(self, name: str, paths: Sequence[Path], size: Size):
-        self.name, self.paths, self.size = name, list(paths), size
+    def __init__(self, name: str, paths: Sequence[Path], size: Size, channels: int = 1):
+        self.name, self.paths, self.size, self.channels = name, list(paths), size, channels
 
     def __len__(self):
         return len(self.paths)
@@ -84,10 +88,12 @@ class ImageFolderVideo(Video):
         for path in self.paths[start:stop]:
             try:
                 with Image.open(path) as image:
-                    out.append(_to_gray(image, self.size))
+                    out.append(_to_array(image, self.size, self.channels))
             except OSError as exc:
                 raise OSError(f"cannot read frame {path}: {exc}") from exc
-        return np.stack(out) if out else np.zeros((0, *self.size), np.uint8)
+        if out:
+            return np.stack(out)
+        return np.zeros((0, *self.size) + ((3,) if self.channels == 3 else ()), np.uint8)
 
     def frame_name(self, index):
         return self.paths[index].name
@@ -108,10 +114,11 @@ class ImageFolderVideo(Video):
 
 class VideoFileVideo(Video):
     """A video file (.avi, .mp4, ...) decoded with PyAV on first use and kept in memory
-    (frames x H x W bytes), since random clip access into a compressed stream is slow."""
+    (frames x H x W x channels bytes), since random clip access into a compressed stream is
+    slow."""
 
-    def __init__(self, name: str, path: Path, size: Size):
-        self.name, self.path, self.size = name, Path(path), size
+    def __init__(self, name: str, path: Path, size: Size, channels: int = 1):
+        self.name, self.path, self.size, self.channels = name, Path(path), size, channels
         self._frames: Optional[np.ndarray] = None
 
     def _decoded(self) -> np.ndarray:
@@ -120,7 +127,7 @@ class VideoFileVideo(Video):
 
             try:
                 with av.open(str(self.path)) as container:
-                    frames = [_to_gray(f.to_image(), self.size)
+                    frames = [_to_array(f.to_image(), self.size, self.channels)
                               for f in container.decode(video=0)]
             except (av.error.FFmpegError, ValueError, IndexError) as exc:
                 raise OSError(f"cannot decode video {self.path}: {exc}") from exc
@@ -179,7 +186,7 @@ class VideoDataset:
 
 class ClipDataset(torch.utils.data.Dataset):
     """Every clip of clip_len consecutive frames (starts `stride` apart) of the given videos,
-    as float32 (1, clip_len, H, W) in [-1, 1]."""
+    as float32 (C, clip_len, H, W) in [-1, 1]."""
 
     def __init__(self, videos: Sequence[Video], clip_len: int, stride: int = 1):
         if clip_len < 1 or stride < 1:
@@ -205,5 +212,6 @@ def check_videos(videos: Sequence[Video], decode: bool = False) -> List[str]:
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W) -> float32 (1, T, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0).unsqueeze(0)
+    """uint8 (T, H, W) -> float32 (1, T, H, W) in [-1, 1]; RGB (T, H, W, 3) -> (3, T, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
+    return x.permute(3, 0, 1, 2).contiguous() if x.dim() == 4 else x.unsqueeze(0)
