@@ -54,7 +54,9 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
   MEMAE_FUSED_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py build_ext \
     --inplace >build.log 2>&1 || { tail -n 40 build.log; exit 1; }
   echo "device_rehearsal: built for sm_90 against torch $("$PY" -c 'import torch; print(torch.__version__)')"
+  # The tests' limit is the GPU's (compiles); under the CPU interpreter they take minutes.
   PYTHON=$PY GPU_CHECK_ALLOW_CPU=1 GPU_CHECK_SKIP_BUILD=1 GPU_CHECK_TEST_WORKERS=2 \
+    GPU_CHECK_TEST_SECONDS=${GPU_CHECK_TEST_SECONDS:-900} \
     OUT=../gpu_check-dry-run bash bench/gpu/gpu_check.sh >/dev/null ||
     { tail -n 60 ../gpu_check-dry-run/gpu_check.log; exit 1; }
 )

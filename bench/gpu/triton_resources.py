@@ -98,8 +98,12 @@ def _tool(name):
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def compile_usage(kernel_name, mode, block_c, tiles, arch, variant=0):
-    """Resource use of one compiled kernel: dict(regs, stack, shared) or dict(error)."""
+def compile_usage(kernel_name, mode, block_c, tiles, arch, variant=0, specialize=False):
+    """Resource use of one compiled kernel: dict(regs, stack, shared) or dict(error).
+    specialize: compile as the JIT does for a launch whose pointers are 16-byte aligned (torch's
+    allocations always are) and whose integers are multiples of 16 (Q, N and C of the usual
+    shapes): every argument then carries tt.divisibility 16, which lets the compiler vectorise
+    loads and pipeline them with cp.async. Without it, the case of odd Q, N or C."""
     fn, extra = KERNELS[kernel_name][variant]
     elem, prec, _ = MODES[mode]
     block_q, block_n, num_warps, num_stages = tiles
@@ -114,8 +118,13 @@ def compile_usage(kernel_name, mode, block_c, tiles, arch, variant=0):
             signature[name] = "i32"
         else:
             signature[name] = "*" + (elem if name in DATA_ARGS else acc)
+    attrs = {}
+    if specialize:
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                 if name not in consts}
     try:
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts),
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts,
+                                            attrs=attrs),
                                   target=GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=num_warps, num_stages=num_stages))
     except Exception as exc:  # a shape Triton cannot lower counts as unusable
@@ -190,6 +199,9 @@ def main():
                         help="only the tile shapes that tile_config picks; exit 1 if any is unusable")
     parser.add_argument("--all-variants", action="store_true",
                         help="compile every launch variant of each kernel, not only the first")
+    parser.add_argument("--specialize", action="store_true",
+                        help="compile as the JIT does for aligned shapes (every argument "
+                             "divisible by 16; see compile_usage)")
     parser.add_argument("--out", help="write the results as JSON")
     parser.add_argument("--propose", nargs="+", metavar="RESULTS.json",
                         help="print the best usable shape per case from earlier --out files")
@@ -227,13 +239,13 @@ def main():
                     if launched(kernel_name, v, MODES[mode][2], block_c, MODES[mode][1])]
         if not (args.check or args.all_variants):
             variants = variants[:1]
-        jobs += [(kernel_name, mode, block_c, tiles, args.arch, variant)
+        jobs += [(kernel_name, mode, block_c, tiles, args.arch, variant, args.specialize)
                  for tiles in shapes for variant in variants]
 
     results, bad = [], 0
     print(f"triton {triton.__version__}, sm_{args.arch}: {len(jobs)} compiles", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
-        for (kernel_name, mode, block_c, tiles, arch, variant), usage in pool.map(_job, jobs):
+        for (kernel_name, mode, block_c, tiles, arch, variant, _), usage in pool.map(_job, jobs):
             picked = tiles == tuple(triton_kernels.tile_config(
                 kernel_name, block_c, MODES[mode][2], gpu, MODES[mode][1]))
             allowed = 0
@@ -251,8 +263,8 @@ def main():
                   flush=True)
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump(dict(triton=triton.__version__, arch=args.arch, results=results), fh,
-                      indent=1)
+            json.dump(dict(triton=triton.__version__, arch=args.arch,
+                           specialized=args.specialize, results=results), fh, indent=1)
     print(f"{bad} picked shape(s) unusable" if bad else "every picked shape is usable")
     return 1 if bad else 0
 
