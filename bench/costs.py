@@ -7,7 +7,9 @@ an H200.
 Matrix work is counted in units of one Q x N x C product (2·Q·N·C FLOP): the eager
 reference does 2 forward (logits, read) and 4 backward; the fused kernels recompute the
 logits instead of storing Q x N tensors, so they do more. The Triton counts come from the
-plan its launcher takes (memae_fused.backends.triton.backward_query_plan), and the tests
+plan its launcher takes (memae_fused.backends.triton.backward_query_plan; "forward_y" counts
+a training step's forward, which saves Y: a forward under no_grad does one unit less), and
+the tests
 (tests/bench_tools/test_costs.py) count the products each launch performs under the
 interpreter against them.
 
@@ -61,15 +63,18 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "tf32": to
 TRITON_SWEEPS = {
     # name: (units, tiles loaded with cosine, with dot, owner: "query" or "memory")
     "forward_max_sum": (1, 1, 1, "query"),   # lam > 0 sweep 1: logits
+    "forward_max_sum_y": (2, 1, 1, "query"),  # forward_y's sweep 1: logits, Y = p·mk
     "forward_read": (2, 2, 1, "query"),      # lam > 0 sweep 2: logits, h·mv
     "forward_online": (2, 2, 1, "query"),    # lam = 0: logits, p·mv
     "backward_fused": (4, 2, 1, "query"),    # logits, g·mvᵀ, X, Y
     "backward_row_term": (2, 2, 1, "query"),  # logits, g·mvᵀ
     "backward_dquery": (3, 1, 1, "query"),   # logits, g·mkᵀ (values from the unit keys), d zq
+    "backward_x_and_r": (3, 1, 1, "query"),  # the same products, R summed beside X
     "backward_memory": (4, 2, 2, "memory"),  # logits, mv·gᵀ, d mk, d mv (swept: zq, g)
 }
 TRITON_TILE_KERNEL = {"forward_max_sum": "forward", "forward_read": "forward",
-                      "forward_online": "forward", "backward_fused": "backward_query",
+                      "forward_online": "forward", "forward_max_sum_y": "forward",
+                      "backward_x_and_r": "backward_x_and_r", "backward_fused": "backward_query",
                       "backward_row_term": "backward_row_term",
                       "backward_dquery": "backward_dquery", "backward_memory": "backward_memory"}
 # The CUDA kernels' output-column chunk per dtype (csrc/cuda/memory_read_cuda.cu, EngineFor)
@@ -92,11 +97,16 @@ def triton_plans(dtype: str, shrink: bool, channels: int) -> List[dict]:
     block_c = triton_kernels._block_c(channels)
     default = triton_kernels.backward_query_plan(block_c, TORCH_DTYPES[dtype], gpu, precision,
                                                  shrink)
-    forward = ["forward_read", "forward_max_sum"] if shrink else ["forward_online"]
+    forward = {"fused": ["forward_max_sum", "forward_read"],
+               "row_term_first": ["forward_max_sum", "forward_read"],
+               "forward_y": ["forward_max_sum_y", "forward_read"],
+               "dquery_only": ["forward_online"]}
     backward = {"fused": ["backward_fused"], "dquery_only": ["backward_dquery"],
-                "row_term_first": ["backward_row_term", "backward_dquery"]}
-    names = [default] + [p for p in ("fused", "row_term_first") if shrink and p != default]
-    return [dict(plan=name, default=name == default, forward=forward,
+                "row_term_first": ["backward_row_term", "backward_dquery"],
+                "forward_y": ["backward_x_and_r"]}
+    names = [default] + [p for p in ("fused", "forward_y", "row_term_first")
+                         if shrink and p != default]
+    return [dict(plan=name, default=name == default, forward=forward[name],
                  backward=backward[name] + ["backward_memory"]) for name in names]
 
 

@@ -380,9 +380,9 @@ def tune_markdown(path):
     lines = ["## Triton tile shapes timed", "",
              f"bench/gpu/tune_triton_tiles.py on {tune.get('device')}, torch {tune.get('torch')}, "
              f"Triton {tune.get('triton')}; tiles = (BLOCK_Q, BLOCK_N, warps, stages), "
-             "* = tile_config's pick when timed. backward_plan: the whole backward with the "
-             "query-major backward in one fused sweep or R first, each with its picked "
-             "tiles.", "",
+             "* = tile_config's pick when timed. backward_plan: forward + backward with the "
+             "query-major backward in one fused sweep, with Y from the forward (forward_y) or "
+             "with R first, each with its picked tiles.", "",
              "| kernel | Q × N × C | dtype | tiles | ms | × fastest |", "|---|---|---|---|---:|---:|"]
     groups = OrderedDict()
     for row in tune["rows"]:

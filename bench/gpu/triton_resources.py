@@ -44,10 +44,17 @@ SHARED_LIMIT = {90: 232448, 80: 166912}
 # the forward's and the dquery pass's last, lam = 0 with cosine similarity (MemAE-nonSpar,
 # DAAD, MNAD): the one-sweep forward and the only query-major pass at lam = 0.
 KERNELS = {
-    "forward": [(triton_kernels._fwd_kernel, dict(SHRINK=True, SPLIT=False, SHARED_KV=False)),
-                (triton_kernels._fwd_kernel, dict(SHRINK=False, SPLIT=True, SHARED_KV=True)),
-                (triton_kernels._row_max_sum_kernel, dict(SHARED_KV=False)),
-                (triton_kernels._fwd_kernel, dict(SHRINK=False, SPLIT=False, SHARED_KV=False))],
+    "forward": [(triton_kernels._fwd_kernel,
+                 dict(SHRINK=True, SPLIT=False, SHARED_KV=False, SAVE_Y=False)),
+                (triton_kernels._fwd_kernel,
+                 dict(SHRINK=False, SPLIT=True, SHARED_KV=True, SAVE_Y=False)),
+                (triton_kernels._row_max_sum_kernel, dict(SHARED_KV=False, SAVE_Y=False)),
+                (triton_kernels._fwd_kernel,
+                 dict(SHRINK=False, SPLIT=False, SHARED_KV=False, SAVE_Y=False)),
+                # the forward_y plan's forward (Y accumulated in sweep 1), unsplit and split
+                (triton_kernels._fwd_kernel,
+                 dict(SHRINK=True, SPLIT=False, SHARED_KV=False, SAVE_Y=True)),
+                (triton_kernels._row_max_sum_kernel, dict(SHARED_KV=False, SAVE_Y=True))],
     # The query-major backward's three passes (triton_kernels.backward_query_plan).
     **{name: [(triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False, PASS=pass_)),
               (triton_kernels._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True, PASS=pass_)),
@@ -58,22 +65,30 @@ KERNELS = {
         (triton_kernels._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=True, PASS="dquery")),
         (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True, PASS="dquery")),
         (triton_kernels._bwd_query_kernel, dict(SHRINK=False, SHARED_KV=False, PASS="dquery"))],
+    "backward_x_and_r": [
+        (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False, PASS="x_and_r")),
+        (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True, PASS="x_and_r"))],
     "backward_memory": [(triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False)),
                         (triton_kernels._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True)),
                         (triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=True))],
 }
 # Which query-major passes each backward_query_plan runs.
-PLAN_PASSES = {"fused": {"backward_query"}, "row_term_first": {"backward_row_term", "backward_dquery"},
-               "dquery_only": {"backward_dquery"}}
+# (row_term_first runs only where a forward_y backward finds no saved Y: a forward under
+# no_grad followed by a backward, which autograd cannot do; its passes are still checked.)
+PLAN_PASSES = {"fused": {"backward_query"}, "dquery_only": {"backward_dquery"},
+               "forward_y": {"backward_x_and_r", "backward_row_term", "backward_dquery"}}
 
 
 def launched(kernel_name, variant, dtype, block_c, precision) -> bool:
     """Whether the op launches this kernel variant at this dtype and width."""
-    if kernel_name not in ("backward_query", "backward_row_term", "backward_dquery"):
+    _, extra = KERNELS[kernel_name][variant]
+    gpu = torch.device("cuda")
+    if extra.get("SAVE_Y"):
+        return triton_kernels.backward_query_plan(block_c, dtype, gpu, precision, True) == "forward_y"
+    if kernel_name not in ("backward_query", "backward_row_term", "backward_dquery",
+                           "backward_x_and_r"):
         return True
-    shrink = KERNELS[kernel_name][variant][1]["SHRINK"]
-    plan = triton_kernels.backward_query_plan(block_c, dtype, torch.device("cuda"), precision,
-                                              shrink)
+    plan = triton_kernels.backward_query_plan(block_c, dtype, gpu, precision, extra["SHRINK"])
     return kernel_name in PLAN_PASSES[plan]
 # (name, element type, dot precision): the dtypes users run and float64 for the tests.
 MODES = {

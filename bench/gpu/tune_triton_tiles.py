@@ -3,14 +3,15 @@
     python3 bench/gpu/tune_triton_tiles.py [--out results.json] [--quick] [--shapes Q,N,C;...]
                                        [--budget SECONDS]
 
-First the query-major backward's two plans (triton_kernels.backward_query_plan: one fused
-sweep, or R first and then d(query)) are timed against each other as whole backwards, each
-with its picked tiles ("backward_plan"). Then each kernel of the current plan is swept on
+First the query-major backward's plans (triton_kernels.backward_query_plan: one fused
+sweep; Y from the forward and X, R in one sweep; or R first and then d(query)) are timed
+against each other as whole forward + backward steps (the forward_y plan's forward does more),
+each with its picked tiles ("backward_plan"). Then each kernel of the current plan is swept on
 its own while the others keep memae_fused.triton_kernels.tile_config's current choice; the
 forward is timed alone, a backward kernel by timing the whole backward. The candidates are
 the shapes that compiled without spills and within shared memory in the committed resource
 sweep (bench/results/*-triton-resources-sm90.json, from bench/gpu/triton_resources.py), so no
-device time goes to shapes known to spill. Results feed tile_config and _ROW_TERM_FIRST.
+device time goes to shapes known to spill. Results feed tile_config and _FORWARD_Y.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import triton.testing
 from memae_fused.backends import triton as triton_kernels
 
 SHAPES = [(16384, 2000, 256), (4096, 100000, 256)]
-PLANS = ("fused", "row_term_first")
+PLANS = ("fused", "forward_y", "row_term_first")
 # The kernels each plan of the query-major backward runs, besides the forward and the
 # memory-major backward.
-PLAN_KERNELS = {"fused": ("backward_query",),
+PLAN_KERNELS = {"fused": ("backward_query",), "forward_y": ("backward_x_and_r",),
                 "row_term_first": ("backward_row_term", "backward_dquery")}
 
 
@@ -78,7 +79,8 @@ def candidates(kernel, mode, block_c, current):
 
 def time_kernel(kernel, tiles, q, n, c, dtype):
     """Milliseconds of the forward (kernel "forward") or of the whole backward, with `tiles`
-    for `kernel`, or for kernel "backward_plan" with the query-major plan named by `tiles`."""
+    for `kernel`, or for kernel "backward_plan" of forward + backward with the query-major
+    plan named by `tiles`."""
     default, default_plan = triton_kernels.tile_config, triton_kernels.backward_query_plan
 
     def patched(name, block_c, dt, device, precision="ieee"):
@@ -91,14 +93,26 @@ def time_kernel(kernel, tiles, q, n, c, dtype):
     try:
         query = torch.randn(q, c, device="cuda", dtype=dtype)
         memory = torch.randn(n, c, device="cuda", dtype=dtype) * 0.1
-        args = (query, memory, 1.0 / n, True, 0.05)
-        read, entropy, stats = triton_kernels.triton_memory_read_fwd(*args)
+        # The forward as a training step calls it: with Y where the backward's plan uses it.
+        save_y = triton_kernels.backward_query_plan(
+            triton_kernels._block_c(c), dtype, query.device,
+            triton_kernels._dot_precision(dtype), True) == "forward_y"
+        args = (query, memory, 1.0 / n, True, 0.05, save_y)
+        read, entropy, stats, y = triton_kernels.triton_memory_read_fwd(*args)
         if kernel == "forward":
             fn = lambda: triton_kernels.triton_memory_read_fwd(*args)  # noqa: E731
+        elif kernel == "backward_plan":
+            grad_read, grad_ent = torch.randn_like(read), torch.randn_like(entropy)
+
+            def fn():
+                out = triton_kernels.triton_memory_read_fwd(*args)
+                return triton_kernels.triton_memory_read_bwd(
+                    grad_read, grad_ent, query, memory, *out, 1.0 / n, True, 0.05)
         else:
             grad_read, grad_ent = torch.randn_like(read), torch.randn_like(entropy)
             fn = lambda: triton_kernels.triton_memory_read_bwd(  # noqa: E731
-                grad_read, grad_ent, query, memory, read, entropy, stats, 1.0 / n, True, 0.05)
+                grad_read, grad_ent, query, memory, read, entropy, stats, y, 1.0 / n, True,
+                0.05)
         return triton.testing.do_bench(fn, warmup=10, rep=40)
     finally:
         triton_kernels.tile_config, triton_kernels.backward_query_plan = default, default_plan
@@ -149,7 +163,7 @@ def main(argv=None):
             options = candidates(kernel, mode, block_c, default)
         best = None
         for tiles in options:
-            # Both plans are always timed: they decide the most.
+            # Every plan is timed: they decide the most.
             if kernel != "backward_plan" and time.monotonic() > deadline:
                 print(f"  budget spent: skip {kernel} {label(tiles)}", file=sys.stderr)
                 continue

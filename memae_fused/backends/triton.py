@@ -24,9 +24,11 @@ The backward recomputes the logits, FlashAttention style. The per-row reduction
 D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
 outputs (the analogue of rowsum(dO∘O)). A query-major kernel then yields d(query) and the
 softmax row term R = sum_j w_j·dL/dw_j together: d(query) is linear in R, so it is
-accumulated as X - R·Y. Where those two C-wide accumulators leave room only for tiles too
-small for Hopper's wgmma (C = 256 in 16-bit and TF32), the kernel runs twice instead: R
-alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0 dL/dw is
+accumulated as X - R·Y with Y = sum_j w_j·mk_j. Where those two C-wide accumulators leave
+room only for tiles too small for Hopper's wgmma (C = 256 in 16-bit and TF32), Y comes from
+the forward instead ("forward_y": its first sweep, which has no C-wide accumulator of its
+own, accumulates Y online and saves it) and the kernel keeps X and R; without a saved Y it
+runs twice: R alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0 dL/dw is
 shifted by -D first, which leaves the gradients unchanged but makes R a small residual that
 cancels D's rounding (D comes from the rounded read, and 1/temperature would magnify its
 error in d(query)). A memory-major kernel recomputes the tiles once more with every row's
@@ -126,30 +128,6 @@ def _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
 
 
 @triton.jit
-def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PARAMS, Q, N, C, n_per_split,
-                        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                        PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
-    """Sweep 1 over one split of the slots, for the host to combine across splits."""
-    pid_q = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    scale = tl.load(PARAMS)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_c = tl.arange(0, BLOCK_C)
-    mask_q = offs_q < Q
-    mask_c = offs_c < C
-    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :],
-                 mask=mask_q[:, None] & mask_c[None, :], other=0.0)
-    n_start = pid_s * n_per_split
-    n_end = tl.minimum(n_start + n_per_split, N)
-    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
-    m_i, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
-                               BLOCK_Q, BLOCK_N, PREC, UPCAST)
-    part = pid_s * Q + offs_q
-    tl.store(PART_MAX + part, m_i, mask=mask_q)
-    tl.store(PART_SUM + part, l_i, mask=mask_q)
-
-
-@triton.jit
 def _online_read(zq, MK, MV, offs_c, mask_c, C, n_start, n_end, scale, zero, acc,
                  BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
                  UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
@@ -186,16 +164,53 @@ def _online_read(zq, MK, MV, offs_c, mask_c, C, n_start, n_end, scale, zero, acc
 
 
 @triton.jit
-def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
+def _row_max_sum_kernel(ZQ, MK, PART_MAX, PART_SUM, PART_Y, PARAMS, Q, N, C, n_per_split,
+                        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                        PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr,
+                        SAVE_Y: tl.constexpr):
+    """Sweep 1 over one split of the slots, for the host to combine across splits; with
+    SAVE_Y also the split's sum exp(s - m)·mk (see _fwd_kernel)."""
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    scale = tl.load(PARAMS)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_q = offs_q < Q
+    mask_c = offs_c < C
+    zq = tl.load(ZQ + offs_q[:, None] * C + offs_c[None, :],
+                 mask=mask_q[:, None] & mask_c[None, :], other=0.0)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    zero = tl.zeros([BLOCK_Q, BLOCK_N], dtype=scale.dtype)
+    part = pid_s * Q + offs_q
+    if SAVE_Y:
+        y_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+        m_i, l_i, _, y_acc = _online_read(zq, MK, MK, offs_c, mask_c, C, n_start, n_end, scale,
+                                          zero, y_acc, BLOCK_Q, BLOCK_N, PREC, UPCAST, True)
+        tl.store(PART_Y + part[:, None] * C + offs_c[None, :], y_acc,
+                 mask=mask_q[:, None] & mask_c[None, :])
+    else:
+        m_i, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale, zero,
+                                   BLOCK_Q, BLOCK_N, PREC, UPCAST)
+    tl.store(PART_MAX + part, m_i, mask=mask_q)
+    tl.store(PART_SUM + part, l_i, mask=mask_q)
+
+
+@triton.jit
+def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, Y, PART_ACC, PART_STATS, PARAMS,
                 Q, N, C, n_per_split,
                 SHRINK: tl.constexpr, SPLIT: tl.constexpr,
                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr):
+                PREC: tl.constexpr, UPCAST: tl.constexpr, SHARED_KV: tl.constexpr,
+                SAVE_Y: tl.constexpr):
     """One block of queries over one split of the slots.
 
     lam > 0: sweeps 1 and 2. Unsplit (SPLIT = False) runs sweep 1 itself and writes the
     final read, entropy and stats; split takes m and log l from STATS and writes the partial
-    sums of its slots (acc, sum h, sum h·log h, #kept) for the host to combine.
+    sums of its slots (acc, sum h, sum h·log h, #kept) for the host to combine. SAVE_Y
+    (unsplit; the split path's _row_max_sum_kernel does it there): sweep 1 also accumulates
+    Y = sum w·mk online, for the backward's "forward_y" plan (one product more here, the
+    softmax row term's sweep less there).
     lam = 0: one online sweep (_online_read). Unsplit writes the results; split writes its
     partial acc, m, l and P, which the host combines as FlashDecoding does.
     """
@@ -241,6 +256,14 @@ def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, PART_ACC, PART_STATS, PARAMS,
         if SPLIT:
             row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
             row_logl = tl.load(STATS + Q + offs_q, mask=mask_q, other=0.0)
+        elif SAVE_Y:
+            y_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype)
+            row_max, l_i, _, y_acc = _online_read(zq, MK, MK, offs_c, mask_c, C, n_start, n_end,
+                                                  scale, zero, y_acc, BLOCK_Q, BLOCK_N, PREC,
+                                                  UPCAST, True)
+            row_logl = tl.log(l_i)
+            tl.store(Y + offs_q[:, None] * C + offs_c[None, :], y_acc / l_i[:, None],
+                     mask=mask_qc)
         else:
             row_max, l_i = _online_max_sum(zq, MK, offs_c, mask_c, C, n_start, n_end, scale,
                                            zero, BLOCK_Q, BLOCK_N, PREC, UPCAST)
@@ -295,10 +318,11 @@ def _bwd_query_kernel(ZQ, MK, MV, MNORM, G, GAM, STATS, DROW, RROW, PART_X, PART
     "fused": X = sum w·dw·mk, Y = sum w·mk and R = sum w·dw, so d(query) = X - R·Y in one
              sweep, at the price of two C-wide accumulators;
     "row_term": R alone, no C-wide accumulator (64-row wgmma tiles);
-    "dquery": X - R·Y directly, as sum w·(dw - R)·mk with R from RROW, one accumulator.
-    With cosine similarity the dquery pass reads no value tile: the values are the unit keys
-    times the slot norms MNORM, so g·mv = (g·mk)·|m| (one C-wide tile fewer, which keeps its
-    wgmma tiles from spilling).
+    "dquery": X - R·Y directly, as sum w·(dw - R)·mk with R from RROW, one accumulator;
+    "x_and_r": X and R, one accumulator, for the "forward_y" plan (Y from the forward).
+    With cosine similarity the dquery and x_and_r passes read no value tile: the values are
+    the unit keys times the slot norms MNORM, so g·mv = (g·mk)·|m| (one C-wide tile fewer,
+    which keeps their wgmma tiles from spilling).
     """
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -337,11 +361,11 @@ def _bwd_query_kernel(ZQ, MK, MV, MNORM, G, GAM, STATS, DROW, RROW, PART_X, PART
         mk = tl.load(MK + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         if SHARED_KV:  # dot similarity: keys and values are the same memory tile
             mv = mk
-        elif PASS != "dquery":
+        elif PASS != "dquery" and PASS != "x_and_r":
             mv = tl.load(MV + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
         s = _mm(zq, tl.trans(mk), zero, PREC, UPCAST) * scale
         w = tl.where(mask_n[None, :], tl.exp((s - row_max[:, None]) - row_logl[:, None]), 0.0)
-        if PASS == "dquery" and not SHARED_KV:
+        if (PASS == "dquery" or PASS == "x_and_r") and not SHARED_KV:
             norm = tl.load(MNORM + offs_n, mask=mask_n, other=0.0)
             gm = _mm(g, tl.trans(mk), zero, PREC, UPCAST) * norm[None, :]
         else:
@@ -352,8 +376,9 @@ def _bwd_query_kernel(ZQ, MK, MV, MNORM, G, GAM, STATS, DROW, RROW, PART_X, PART
             x_acc = _mm(ds.to(mk.dtype), mk, x_acc, PREC, UPCAST)
         else:
             wdw = tl.where(mask_n[None, :], w * dw, 0.0)
-            if PASS == "fused":
+            if PASS != "row_term":
                 x_acc = _mm(wdw.to(mk.dtype), mk, x_acc, PREC, UPCAST)
+            if PASS == "fused":
                 y_acc = _mm(w.to(mk.dtype), mk, y_acc, PREC, UPCAST)
             r_acc += tl.sum(wdw, 1)
     part = pid_s * Q + offs_q
@@ -457,7 +482,7 @@ class Tiles(NamedTuple):
 # KNOWN_SPILLS lists them). The larger candidates spill kilobytes, or exceed shared memory,
 # which fails the launch. At C = 256 the fused query-major backward and the memory-major
 # backward find no spill-free wgmma tile: they hold two C-wide float32 accumulators per row
-# (hence _ROW_TERM_FIRST below). Their speed is not yet timed on a GPU
+# (hence _FORWARD_Y below). Their speed is not yet timed on a GPU
 # (bench/tune_triton_tiles.py, a step of bench/gpu_check.sh).
 _TILES = {
     "16-bit": {  # bfloat16 / float16 on tensor cores
@@ -497,13 +522,15 @@ _TILES = {
     "float64": {kernel: {256: (16, 16, 8, 1)}
                 for kernel in ("forward", "backward_query", "backward_memory")},
 }
-# Where the query-major backward takes two sweeps, R first ("row_term", then "dquery" with
-# one C-wide accumulator; see _bwd_query_kernel), rather than one "fused" sweep with two:
-# where the fused sweep's tiles are too small for wgmma and both passes' tiles use it. That
-# is 5 units of matrix work instead of 4 (the row-term pass computes the logits and g·mv
-# once more), at Hopper's faster instruction; bench/tune_triton_tiles.py times the plans.
-# Elsewhere the two passes, when asked for, take the fused sweep's tiles: they hold less.
-_ROW_TERM_FIRST = {("16-bit", 256), ("tf32", 256)}
+# Where the fused query-major sweep's two C-wide accumulators (X and Y) leave tiles too
+# small for wgmma, Y = sum w·mk moves to the forward ("forward_y"): its first sweep, which
+# holds no C-wide accumulator otherwise, accumulates Y online (one product more), and the
+# backward's query-major sweep keeps X and R alone (one accumulator, wgmma tiles): 4 + 7 =
+# 11 units of matrix work per training step, as the fused plan's 3 + 8, where taking R in a
+# sweep of its own ("row_term_first", then "dquery") would cost 12. The forward saves Y only
+# when autograd records it (a forward under no_grad does 3 units). Elsewhere the one-sweep
+# passes take the fused sweep's tiles (tile_config): they hold less.
+_FORWARD_Y = {("16-bit", 256), ("tf32", 256)}
 # (operand type, kernel, BLOCK_C) -> stack bytes per thread that the pick may spill, in some
 # launch variant, where no candidate was spill-free (measured with Triton 3.6 and 3.8, with
 # headroom); bench/triton_resources.py --check holds every other pick to 128 bytes. float32
@@ -545,10 +572,12 @@ def _fitting_width(table, block_c):
 def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device,
                 precision: str = "ieee") -> Tiles:
     """Tile shape and launch settings for one kernel ("forward", "backward_query",
-    "backward_row_term", "backward_dquery", "backward_memory") at padded channel count
-    block_c (see _TILES)."""
+    "backward_row_term", "backward_dquery", "backward_x_and_r", "backward_memory") at padded
+    channel count block_c (see _TILES)."""
     if device.type == "cpu":  # the interpreter runs whole tiles in numpy: larger is faster
         return Tiles(32, 64, 4, 1)
+    if kernel == "backward_x_and_r":
+        kernel = "backward_dquery"  # one C-wide accumulator and a row sum, as the dquery pass
     tables = _TILES[_operand_type(dtype, precision)]
     table = tables.get(kernel, {})
     if (kernel in ("backward_row_term", "backward_dquery")
@@ -560,16 +589,17 @@ def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.dev
 def backward_query_plan(block_c: int, dtype: torch.dtype, device: torch.device,
                         precision: str = "ieee", shrink: bool = True) -> str:
     """How the query-major backward runs: "dquery_only" for lam = 0 (R = 0, see the module
-    docstring: one sweep with one accumulator), else "fused" (one sweep) or "row_term_first"
-    (two sweeps; see _ROW_TERM_FIRST). With lam > 0 the interpreter runs the fused sweep;
-    the tests ask for both."""
+    docstring: one sweep with one accumulator), else "fused" (one sweep, two accumulators) or
+    "forward_y" (see _FORWARD_Y); "row_term_first" (two sweeps) is what "forward_y" falls
+    back to when the forward saved no Y. With lam > 0 the interpreter runs the fused sweep;
+    the tests ask for every plan."""
     if not shrink:
         return "dquery_only"
     if device.type == "cpu":
         return "fused"
     operand = _operand_type(dtype, precision)
     width = _fitting_width(_TILES[operand]["backward_query"], block_c)
-    return "row_term_first" if (operand, width) in _ROW_TERM_FIRST else "fused"
+    return "forward_y" if (operand, width) in _FORWARD_Y else "fused"
 
 
 def _launch_meta(kernel, block_c, dtype, device, **constants):
@@ -677,8 +707,10 @@ def _block_c(c: int) -> int:
 
 @triton_op("memae_fused::triton_memory_read_fwd", mutates_args=())
 def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thres: float,
-                           cosine: bool, temperature: float
-                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           cosine: bool, temperature: float, save_y: bool = False
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(read, entropy, stats, y): y = sum_j w_j·mk_j (Q x C, accumulation dtype) when save_y
+    (lam > 0 and a backward of the "forward_y" plan to come), else empty."""
     query, memory = query.contiguous(), memory.contiguous()
     q, c = query.shape
     n = memory.shape[0]
@@ -697,19 +729,21 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
     read = torch.empty_like(query)
     entropy = query.new_empty((q,))
     stats = torch.empty((4, q), dtype=acc_dtype, device=query.device)
+    save_y = save_y and shrink
+    y = torch.empty((q, c) if save_y else (0,), dtype=acc_dtype, device=query.device)
     if splits == 1:
         _launch(_fwd_kernel, (q_blocks, 1),
-                zq, mk, memory, read, entropy, stats, stats, stats, params, q, n, c, n,
-                SHRINK=shrink, SPLIT=False, **meta)
-        return read, entropy, stats
+                zq, mk, memory, read, entropy, stats, y, stats, stats, params, q, n, c, n,
+                SHRINK=shrink, SPLIT=False, SAVE_Y=save_y, **meta)
+        return read, entropy, stats, y
 
     part_acc = torch.empty((splits, q, c), dtype=acc_dtype, device=query.device)
     part_stats = torch.empty((3, splits, q), dtype=acc_dtype, device=query.device)
     if not shrink:
         # Each split's online sums are relative to its own max: rescale to the top one.
         _launch(_fwd_kernel, (q_blocks, splits),
-                zq, mk, memory, read, entropy, stats, part_acc, part_stats, params,
-                q, n, c, n_per_split, SHRINK=False, SPLIT=True, **meta)
+                zq, mk, memory, read, entropy, stats, y, part_acc, part_stats, params,
+                q, n, c, n_per_split, SHRINK=False, SPLIT=True, SAVE_Y=False, **meta)
         part_max, part_l, part_p = part_stats
         top = part_max.amax(dim=0)
         alpha = torch.exp(part_max - top)
@@ -720,18 +754,25 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
         stats[2:] = 1.0
         read.copy_((alpha[:, :, None] * part_acc).sum(dim=0) / l_sum[:, None])
         entropy.copy_(stats[1] - p_sum / l_sum)
-        return read, entropy, stats
+        return read, entropy, stats, y
 
     part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)
     part_sum = torch.empty_like(part_max)
+    part_y = torch.empty((splits, q, c) if save_y else (0,), dtype=acc_dtype,
+                         device=query.device)
     _launch(_row_max_sum_kernel, (q_blocks, splits),
-            zq, mk, part_max, part_sum, params, q, n, c, n_per_split, **meta)
+            zq, mk, part_max, part_sum, part_y, params, q, n, c, n_per_split, SAVE_Y=save_y,
+            **meta)
     top = part_max.amax(dim=0)
+    alpha = torch.exp(part_max - top)
+    l_sum = (part_sum * alpha).sum(dim=0)
     stats[0] = top
-    stats[1] = torch.log((part_sum * torch.exp(part_max - top)).sum(dim=0))
+    stats[1] = torch.log(l_sum)
+    if save_y:
+        y.copy_((alpha[:, :, None] * part_y).sum(dim=0) / l_sum[:, None])
     _launch(_fwd_kernel, (q_blocks, splits),
-            zq, mk, memory, read, entropy, stats, part_acc, part_stats, params,
-            q, n, c, n_per_split, SHRINK=True, SPLIT=True, **meta)
+            zq, mk, memory, read, entropy, stats, y, part_acc, part_stats, params,
+            q, n, c, n_per_split, SHRINK=True, SPLIT=True, SAVE_Y=False, **meta)
     acc = part_acc.sum(dim=0)
     sum_h, sum_hlogh, num_kept = part_stats.sum(dim=1)
     s_c = sum_h.clamp_min(EPS)
@@ -740,18 +781,19 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
     read.copy_(acc / s_c[:, None])
     stats[2] = sum_h
     stats[3] = frac - EPS * frac * num_kept
-    return read, entropy, stats
+    return read, entropy, stats, y
 
 
 def _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params, constants,
-                 pass_name, r_row=None):
+                 pass_name, r_row=None, y=None):
     """One launch of _bwd_query_kernel (split over the slots when the query blocks are few)
-    and the combine of its partial sums: (X - R·Y or None, R or None)."""
+    and the combine of its partial sums: (X - R·Y or None, R or None); the x_and_r pass
+    takes Y from the forward."""
     q, c = query.shape
     n = memory.shape[0]
     acc_dtype = _acc_dtype(query.dtype)
     kernel = {"fused": "backward_query", "row_term": "backward_row_term",
-              "dquery": "backward_dquery"}[pass_name]
+              "dquery": "backward_dquery", "x_and_r": "backward_x_and_r"}[pass_name]
     tiles, meta = _launch_meta(kernel, _block_c(c), query.dtype, query.device, PASS=pass_name,
                                **constants)
     q_blocks = triton.cdiv(q, tiles.block_q)
@@ -761,7 +803,7 @@ def _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params, co
     empty = stats.new_empty(0)
     # The dquery pass with cosine similarity: values = unit keys · slot norms (the kernel).
     memory_norms = empty
-    if pass_name == "dquery" and not constants["SHARED_KV"]:
+    if pass_name in ("dquery", "x_and_r") and not constants["SHARED_KV"]:
         memory_norms = memory.to(acc_dtype).norm(dim=1).clamp_min(EPS)
     part_x = empty if pass_name == "row_term" else torch.empty((splits, q, c), dtype=acc_dtype,
                                                                device=query.device)
@@ -777,14 +819,15 @@ def _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params, co
     if pass_name == "dquery":
         return part_x.sum(dim=0), None
     r_sum = part_r.sum(dim=0)
-    return part_x.sum(dim=0) - r_sum[:, None] * part_y.sum(dim=0), r_sum
+    y_sum = y if pass_name == "x_and_r" else part_y.sum(dim=0)
+    return part_x.sum(dim=0) - r_sum[:, None] * y_sum, r_sum
 
 
 @triton_op("memae_fused::triton_memory_read_bwd", mutates_args=())
 def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
                            query: torch.Tensor, memory: torch.Tensor, read: torch.Tensor,
-                           entropy: torch.Tensor, stats: torch.Tensor, shrink_thres: float,
-                           cosine: bool, temperature: float
+                           entropy: torch.Tensor, stats: torch.Tensor, y: torch.Tensor,
+                           shrink_thres: float, cosine: bool, temperature: float
                            ) -> Tuple[torch.Tensor, torch.Tensor]:
     query, memory = query.contiguous(), memory.contiguous()
     grad_read = grad_read.to(query.dtype).contiguous()
@@ -803,6 +846,8 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
 
     block_c = _block_c(c)
     plan = backward_query_plan(block_c, query.dtype, query.device, constants["PREC"], shrink)
+    if plan == "forward_y" and y.numel() == 0:
+        plan = "row_term_first"  # the forward saved no Y (it ran without autograd recording)
     if plan == "dquery_only":
         r_row = torch.zeros_like(d_row)
         grad_zq, _ = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
@@ -810,6 +855,9 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     elif plan == "fused":
         grad_zq, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row,
                                       params, constants, "fused")
+    elif plan == "forward_y":
+        grad_zq, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row,
+                                      params, constants, "x_and_r", y=y)
     else:
         _, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
                                 constants, "row_term")
@@ -839,21 +887,21 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
 
 
 def _setup_context(ctx, inputs, output):
-    query, memory, shrink_thres, cosine, temperature = inputs
-    read, entropy, stats = output
-    ctx.save_for_backward(query, memory, read, entropy, stats)
+    query, memory, shrink_thres, cosine, temperature, _ = inputs
+    read, entropy, stats, y = output
+    ctx.save_for_backward(query, memory, read, entropy, stats, y)
     ctx.args = (shrink_thres, cosine, temperature)
 
 
-def _backward(ctx, grad_read, grad_entropy, grad_stats):
-    query, memory, read, entropy, stats = ctx.saved_tensors
+def _backward(ctx, grad_read, grad_entropy, grad_stats, grad_y):
+    query, memory, read, entropy, stats, y = ctx.saved_tensors
     if grad_read is None:
         grad_read = torch.zeros_like(read)
     if grad_entropy is None:
         grad_entropy = torch.zeros_like(entropy)
     grad_query, grad_memory = triton_memory_read_bwd(
-        grad_read, grad_entropy, query, memory, read, entropy, stats, *ctx.args)
-    return grad_query, grad_memory, None, None, None
+        grad_read, grad_entropy, query, memory, read, entropy, stats, y, *ctx.args)
+    return grad_query, grad_memory, None, None, None, None
 
 
 triton_memory_read_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -862,5 +910,11 @@ triton_memory_read_fwd.register_autograd(_backward, setup_context=_setup_context
 def memory_read_triton(query, memory, shrink_thres, cosine, temperature):
     if query.device.type == "cpu" and not triton_interpret_enabled():
         raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1")
-    read, entropy, _ = triton_memory_read_fwd(query, memory, shrink_thres, cosine, temperature)
+    # Y only where the backward's plan uses it, and only when a backward can follow.
+    save_y = (torch.is_grad_enabled() and (query.requires_grad or memory.requires_grad)
+              and backward_query_plan(_block_c(query.shape[1]), query.dtype, query.device,
+                                      _dot_precision(query.dtype), shrink_thres > 0)
+              == "forward_y")
+    read, entropy, _, _ = triton_memory_read_fwd(query, memory, shrink_thres, cosine,
+                                                 temperature, save_y)
     return read, entropy

@@ -24,10 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
     ("cpp", "float32", True, 256, None, (2, 5)),
     # Triton with shrinkage: logits twice + read; logits, g·mvᵀ, X, Y; logits, g·mvᵀ, d mk, d mv
     ("triton", "bfloat16", True, 128, None, (3, 8)),
-    # at C = 256 in 16-bit and TF32 it finds R first: logits, g·mvᵀ; logits, g·mkᵀ, d zq
-    ("triton", "bfloat16", True, 256, None, (3, 9)),
-    ("triton", "tf32", True, 256, None, (3, 9)),
+    # at C = 256 in 16-bit and TF32 Y = sum w·mk comes from the forward's first sweep:
+    # logits, Y, logits, read; logits, g·mkᵀ, X (R beside it); memory-major 4
+    ("triton", "bfloat16", True, 256, None, (4, 7)),
+    ("triton", "tf32", True, 256, None, (4, 7)),
     ("triton", "bfloat16", True, 256, "fused", (3, 8)),
+    # R in a sweep of its own: logits, g·mvᵀ; logits, g·mkᵀ, d zq
+    ("triton", "bfloat16", True, 256, "row_term_first", (3, 9)),
     # Triton without shrinkage: one online sweep; logits, g·mkᵀ, d zq; memory-major 4
     ("triton", "bfloat16", False, 256, None, (2, 7)),
     ("triton", "float32", False, 512, None, (2, 7)),
@@ -83,7 +86,8 @@ def counted_products(monkeypatch):
 
 @pytest.mark.skipif(not triton_kernels.triton_interpret_enabled(), reason="needs the interpreter")
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
-@pytest.mark.parametrize("shrink, plan", [(False, None), (True, None), (True, "row_term_first")])
+@pytest.mark.parametrize("shrink, plan", [(False, None), (True, None), (True, "row_term_first"),
+                                          (True, "forward_y")])
 def test_triton_counts_are_what_the_kernels_compute(monkeypatch, counted_products, shrink, plan,
                                                     similarity):
     # Shapes that are whole interpreter tiles (32 x 64, C = BLOCK_C), one program per block,
@@ -122,6 +126,6 @@ def test_command_prints_json_with_every_field():
             assert (backend, "float32", False, channels) in seen
     triton_bf16 = [r for r in rows if r["backend"] == "triton" and r["dtype"] == "bfloat16"
                    and r["shrink"] and r["channels"] == 256]
-    assert {r["plan"] for r in triton_bf16} == {"fused", "row_term_first"}
+    assert {r["plan"] for r in triton_bf16} == {"fused", "forward_y", "row_term_first"}
     assert sum(r["default"] for r in triton_bf16) == 1
     assert all(r["roofline_ms_h200"] > 0 for r in rows if r["backend"] != "cpp")

@@ -71,12 +71,17 @@ def trace_case(shape, dtype, cosine, shrink_thres):
         grad_read = torch.empty(q, c, device="cuda", dtype=dtype)
         grad_entropy = torch.empty(q, device="cuda", dtype=dtype)
 
+    # As memory_read_triton calls the forward when a backward follows.
+    save_y = triton_kernels.backward_query_plan(
+        triton_kernels._block_c(c), dtype, torch.device("cuda"),
+        triton_kernels._dot_precision(dtype), shrink_thres > 0) == "forward_y"
+
     def forward_and_backward(query, memory, grad_read, grad_entropy):
         fwd = torch.ops.memae_fused.triton_memory_read_fwd.default
         bwd = torch.ops.memae_fused.triton_memory_read_bwd.default
-        read, entropy, stats = fwd(query, memory, shrink_thres, cosine, 1.0)
-        return bwd(grad_read, grad_entropy, query, memory, read, entropy, stats, shrink_thres,
-                   cosine, 1.0)
+        read, entropy, stats, y = fwd(query, memory, shrink_thres, cosine, 1.0, save_y)
+        return bwd(grad_read, grad_entropy, query, memory, read, entropy, stats, y,
+                   shrink_thres, cosine, 1.0)
 
     graph = make_fx(dispatch_functionalize(forward_and_backward), tracing_mode="fake")(
         query, memory, grad_read, grad_entropy)
@@ -92,6 +97,7 @@ def trace_case(shape, dtype, cosine, shrink_thres):
                 "wrapper": str(node.target),
                 "grid": [list(g) for g in node.kwargs["grid"]],
                 "split": args.get("SPLIT"),  # the forward kernel's mode; None elsewhere
+                "save_y": args.get("SAVE_Y"),  # the forward kernels'; None elsewhere
                 "shared_kv": args.get("SHARED_KV"),
                 "pass": args.get("PASS"),  # the query-major backward's pass; None elsewhere
                 "block_n": args.get("BLOCK_N"),

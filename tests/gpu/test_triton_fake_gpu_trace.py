@@ -18,14 +18,15 @@ def expected_writes(launch):
     its pass, the memory-major backward by whether the keys are the values); the rest of its
     tensor arguments it only reads."""
     kernel = launch["kernel"]
+    y = {"Y"} if launch["save_y"] else set()
     if kernel == "_fwd_kernel":
-        return {"PART_ACC", "PART_STATS"} if launch["split"] else {"READ", "ENT", "STATS"}
+        return {"PART_ACC", "PART_STATS"} if launch["split"] else {"READ", "ENT", "STATS"} | y
     if kernel == "_bwd_memory_kernel":
         return {"PART_DMK"} if launch["shared_kv"] else {"PART_DMK", "PART_DMV"}
     if kernel == "_bwd_query_kernel":
         return {"fused": {"PART_R", "PART_X", "PART_Y"}, "row_term": {"PART_R"},
-                "dquery": {"PART_X"}}[launch["pass"]]
-    return {"_row_max_sum_kernel": {"PART_MAX", "PART_SUM"}}[kernel]
+                "dquery": {"PART_X"}, "x_and_r": {"PART_R", "PART_X"}}[launch["pass"]]
+    return {"_row_max_sum_kernel": {"PART_MAX", "PART_SUM"} | {"PART_" + v for v in y}}[kernel]
 
 
 pytestmark = pytest.mark.skipif(
@@ -67,18 +68,24 @@ def test_launch_sequence_and_splits(traces):
         q, n, _ = record["shape"]
         kernels = [launch["kernel"] for launch in record["launches"]]
         grids = {launch["kernel"]: launch["grid"][0] for launch in record["launches"]}
-        split_forward = kernels[0] == "_row_max_sum_kernel"
-        # The query-major backward in two passes at C = 256 in 16-bit and TF32, else one.
-        two_pass = q != 300 and record["dtype"] != "float32"
-        query_passes = ["row_term", "dquery"] if two_pass else ["fused"]
-        expected = (["_row_max_sum_kernel"] if split_forward else []) + [
+        shrink = record["shrink_thres"] > 0
+        forward = next(launch for launch in record["launches"] if launch["kernel"] == "_fwd_kernel")
+        split_forward = forward["split"]
+        # The query-major backward: at lam = 0 one dquery pass (R = 0); with shrinkage at
+        # C = 256 in 16-bit and TF32 the x_and_r pass with Y from the forward, else fused.
+        forward_y = shrink and q != 300 and record["dtype"] != "float32"
+        query_passes = ["x_and_r"] if forward_y else ["fused"] if shrink else ["dquery"]
+        # lam = 0 reads in one sweep, split or not; with shrinkage the split path finds the
+        # row max and sum in a launch of its own (with Y for the forward_y plan).
+        expected = (["_row_max_sum_kernel"] if split_forward and shrink else []) + [
             "_fwd_kernel", *["_bwd_query_kernel"] * len(query_passes), "_bwd_memory_kernel"]
         assert kernels == expected, _label(record)
+        first = record["launches"][0]
+        assert bool(first["save_y"]) == forward_y, _label(record)
         query_launches = [launch for launch in record["launches"]
                           if launch["kernel"] == "_bwd_query_kernel"]
         assert [launch["pass"] for launch in query_launches] == query_passes, _label(record)
-        forward = next(launch for launch in record["launches"] if launch["kernel"] == "_fwd_kernel")
-        assert forward["split"] == split_forward, _label(record)
+
         if q == 16384:
             # Many queries fill the GPU unsplit.
             assert not split_forward and grids["_fwd_kernel"][0] >= sms, _label(record)

@@ -191,7 +191,8 @@ def test_triton_ops_pass_opcheck():
     query, memory, lam = draw_case(9, 20, 8, shrink_factor=2.0)
     query.requires_grad_(True)
     memory.requires_grad_(True)
-    torch.library.opcheck(torch.ops.memae_fused.triton_memory_read_fwd.default,
-                          (query, memory, lam, True, 0.1),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
+    for save_y in (False, True):  # the forward_y plan's forward saves Y
+        torch.library.opcheck(torch.ops.memae_fused.triton_memory_read_fwd.default,
+                              (query, memory, lam, True, 0.1, save_y),
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor"))

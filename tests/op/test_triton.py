@@ -99,20 +99,24 @@ def test_split_paths_match_reference(monkeypatch, similarity, shrink_factor):
     assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("plan", ["forward_y", "row_term_first"])
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("shrink_factor", [0.0, 3.0])
-def test_row_term_first_plan_matches_reference(monkeypatch, similarity, shrink_factor, splits):
-    # The query-major backward in two sweeps (R, then d(query) with R known), as the GPU runs
-    # it at C = 256 in 16-bit and TF32; unsplit and split over N.
-    monkeypatch.setattr(triton_kernels, "backward_query_plan", lambda *args: "row_term_first")
+def test_other_backward_plans_match_reference(monkeypatch, similarity, shrink_factor, splits,
+                                              plan):
+    # The plans the GPU runs at C = 256 in 16-bit and TF32: Y = sum w·mk from the forward's
+    # first sweep and X, R in one query-major sweep (forward_y), or R in a sweep of its own,
+    # then d(query) with R known (row_term_first); unsplit and split over N (the split
+    # forward_y forward accumulates Y in the row max/sum launch).
+    monkeypatch.setattr(triton_kernels, "backward_query_plan", lambda *args: plan)
     monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: splits)
     want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
                             dtype=torch.float64)
     assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+@pytest.mark.parametrize("plan", ["fused", "forward_y", "row_term_first"])
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 def test_both_backward_plans_at_256_channels_in_bf16(monkeypatch, plan, similarity):
     # The performance shapes' width, in bfloat16, judged by eager bf16's error: on a GPU this
@@ -121,6 +125,42 @@ def test_both_backward_plans_at_256_channels_in_bf16(monkeypatch, plan, similari
     want, got, eager = run_both(70, 200, 256, similarity=similarity, shrink_factor=2.0,
                                 dtype=torch.bfloat16)
     assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_forward_saves_y_only_for_a_backward(monkeypatch, splits):
+    # Y = sum_j w_j·mk_j (the softmax, before shrinkage) against float64, saved only when
+    # autograd records the call; a backward without it takes the row_term_first passes.
+    monkeypatch.setattr(triton_kernels, "backward_query_plan", lambda *args: "forward_y")
+    monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: splits)
+    query, memory, lam = draw_case(37, 140, 24, shrink_factor=2.0, temperature=0.1)
+    recorded = []
+    original = triton_kernels.triton_memory_read_fwd
+
+    def spy(*args):
+        out = original(*args)
+        recorded.append(out[3])
+        return out
+
+    monkeypatch.setattr(triton_kernels, "triton_memory_read_fwd", spy)
+    with torch.no_grad():
+        memory_read(query.to(DEVICE), memory.to(DEVICE), shrink_thres=lam, temperature=0.1,
+                    backend="triton")
+    assert recorded[-1].numel() == 0
+    q_req = query.to(DEVICE).requires_grad_(True)
+    memory_read(q_req, memory.to(DEVICE), shrink_thres=lam, temperature=0.1, backend="triton")
+    zq = torch.nn.functional.normalize(query.double(), dim=1)
+    mk = torch.nn.functional.normalize(memory.double(), dim=1)
+    want = torch.softmax(zq @ mk.T / 0.1, dim=1) @ mk
+    torch.testing.assert_close(recorded[-1].cpu().double(), want, rtol=1e-5, atol=1e-6)
+    # The backward op with no Y: the same gradients through the two-sweep passes.
+    read, entropy, stats, y = original(query, memory, lam, True, 0.1, True)
+    args = (torch.randn_like(read), torch.randn_like(entropy), query, memory, read, entropy,
+            stats)
+    with_y = triton_kernels.triton_memory_read_bwd(*args, y, lam, True, 0.1)
+    without = triton_kernels.triton_memory_read_bwd(*args, y.new_empty(0), lam, True, 0.1)
+    for a, b in zip(with_y, without):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_split_plan_fills_the_sms_in_fewest_waves(monkeypatch):
@@ -184,7 +224,7 @@ def test_all_rows_below_threshold_give_zeros():
     assert torch.equal(tm.grad, torch.zeros_like(tm.grad))
 
 
-@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+@pytest.mark.parametrize("plan", ["fused", "forward_y", "row_term_first"])
 def test_zero_rows_stay_finite(monkeypatch, plan):
     # A zero memory row: the two-pass plan rebuilds its values as unit key times norm.
     monkeypatch.setattr(triton_kernels, "backward_query_plan", lambda *args: plan)
@@ -204,7 +244,7 @@ def test_zero_rows_stay_finite(monkeypatch, plan):
         assert torch.isfinite(tq.grad).all() and torch.isfinite(tm.grad).all()
 
 
-@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+@pytest.mark.parametrize("plan", ["fused", "forward_y", "row_term_first"])
 def test_gradcheck(monkeypatch, plan):
     monkeypatch.setattr(triton_kernels, "backward_query_plan", lambda *args: plan)
     query, memory, lam = draw_case(6, 11, 5, shrink_factor=2.0, temperature=0.3)
@@ -250,7 +290,7 @@ GPU_TILE_SHAPES = sorted({shape[:2] for kernels in triton_kernels._TILES.values(
                           for widths in kernels.values() for shape in widths.values()})
 
 
-@pytest.mark.parametrize("plan", ["fused", "row_term_first"])
+@pytest.mark.parametrize("plan", ["fused", "forward_y", "row_term_first"])
 @pytest.mark.parametrize("block_q,block_n", sorted(set(GPU_TILE_SHAPES) | {(32, 128)}))
 def test_other_tile_shapes(monkeypatch, block_q, block_n, plan):
     # The GPU's tile shapes differ from the interpreter's: masking must hold for each of them.
