@@ -71,12 +71,16 @@ TRITON_SWEEPS = {
     "backward_dquery": (3, 1, 1, "query"),   # logits, g·mkᵀ (values from the unit keys), d zq
     "backward_x_and_r": (3, 1, 1, "query"),  # the same products, R summed beside X
     "backward_memory": (4, 2, 2, "memory"),  # logits, mv·gᵀ, d mk, d mv (swept: zq, g)
+    # the atomic plan's: the same and ds·mk per query tile, added into d(query) with atomics
+    # (a float32 read and write of the tile per slot block: counted in _triton_sweep_cost)
+    "backward_memory_atomic": (5, 2, 2, "memory"),
 }
 TRITON_TILE_KERNEL = {"forward_max_sum": "forward", "forward_read": "forward",
                       "forward_online": "forward", "forward_max_sum_y": "forward",
                       "backward_x_and_r": "backward_x_and_r", "backward_fused": "backward_query",
                       "backward_row_term": "backward_row_term",
-                      "backward_dquery": "backward_dquery", "backward_memory": "backward_memory"}
+                      "backward_dquery": "backward_dquery", "backward_memory": "backward_memory",
+                      "backward_memory_atomic": "backward_memory"}
 # The CUDA kernels' output-column chunk per dtype (csrc/cuda/memory_read_cuda.cu, EngineFor)
 # and owned rows per CTA (kRows).
 CUDA_COLUMNS = {"bfloat16": 256, "float16": 256, "tf32": 128, "float32": 128, "float64": 64}
@@ -106,8 +110,14 @@ def triton_plans(dtype: str, shrink: bool, channels: int) -> List[dict]:
                 "forward_y": ["backward_x_and_r"]}
     names = [default] + [p for p in ("fused", "forward_y", "row_term_first")
                          if shrink and p != default]
-    return [dict(plan=name, default=name == default, forward=forward[name],
-                 backward=backward[name] + ["backward_memory"]) for name in names]
+    plans = [dict(plan=name, default=name == default, forward=forward[name],
+                  backward=backward[name] + ["backward_memory"]) for name in names]
+    # Asked for with MEMAE_FUSED_ATOMIC_BACKWARD=1: d(query) from the memory-major sweep.
+    plans.append(dict(plan="atomic", default=False,
+                      forward=forward["fused" if shrink else "dquery_only"],
+                      backward=(["backward_row_term"] if shrink else [])
+                      + ["backward_memory_atomic"]))
+    return plans
 
 
 def _triton_sweep_cost(sweep: str, dtype: str, channels: int, cosine: bool):
@@ -120,7 +130,8 @@ def _triton_sweep_cost(sweep: str, dtype: str, channels: int, cosine: bool):
                                        "tf32" if dtype == "tf32" else "ieee")
     rows = tiles.block_q if owner == "query" else tiles.block_n
     loaded = tiles_cosine if cosine else tiles_dot
-    return units, loaded * channels * _bytes(dtype) / rows
+    atomics = 2 * channels * 4 / rows if sweep == "backward_memory_atomic" else 0.0
+    return units, loaded * channels * _bytes(dtype) / rows + atomics
 
 
 @lru_cache(maxsize=None)

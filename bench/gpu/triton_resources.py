@@ -68,9 +68,15 @@ KERNELS = {
     "backward_x_and_r": [
         (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=False, PASS="x_and_r")),
         (triton_kernels._bwd_query_kernel, dict(SHRINK=True, SHARED_KV=True, PASS="x_and_r"))],
-    "backward_memory": [(triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False)),
-                        (triton_kernels._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True)),
-                        (triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=True))],
+    "backward_memory": [
+        (triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False, ATOMIC_DQ=False)),
+        (triton_kernels._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True, ATOMIC_DQ=False)),
+        (triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=True, ATOMIC_DQ=False))],
+    # The atomic plan's (asked for with MEMAE_FUSED_ATOMIC_BACKWARD=1), at tile_config's
+    # memory-major tiles.
+    "backward_memory_atomic": [
+        (triton_kernels._bwd_memory_kernel, dict(SHRINK=True, SHARED_KV=False, ATOMIC_DQ=True)),
+        (triton_kernels._bwd_memory_kernel, dict(SHRINK=False, SHARED_KV=True, ATOMIC_DQ=True))],
 }
 # Which query-major passes each backward_query_plan runs.
 # (row_term_first runs only where a forward_y backward finds no saved Y: a forward under
@@ -106,7 +112,7 @@ CANDIDATES = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (3
               (128, 64, 8, 2), (128, 32, 8, 2)]
 BLOCK_CS = [64, 128, 256, 512]
 INT_ARGS = {"Q", "N", "C", "n_per_split", "q_per_split"}
-DATA_ARGS = {"ZQ", "MK", "MV", "G", "READ", "ENT"}
+DATA_ARGS = {"ZQ", "MK", "MV", "G", "READ", "ENT"}  # the rest: accumulation dtype
 
 
 def _tool(name):

@@ -33,7 +33,9 @@ shifted by -D first, which leaves the gradients unchanged but makes R a small re
 cancels D's rounding (D comes from the rounded read, and 1/temperature would magnify its
 error in d(query)). A memory-major kernel recomputes the tiles once more with every row's
 m, l, S, D, R known and accumulates d(memory); neither kernel uses atomics, so the backward
-is deterministic.
+is deterministic. Asked for (atomic_backward_enabled), the memory-major kernel also adds
+d(query) with atomics and the query-major d(query) sweep is skipped (FlashAttention-2's
+backward; not deterministic).
 
 When there are too few query blocks to fill the GPU, the slots (forward, query-major
 backward) or the queries (memory-major backward) are split across programs and the partial
@@ -391,16 +393,19 @@ def _bwd_query_kernel(ZQ, MK, MV, MNORM, G, GAM, STATS, DROW, RROW, PART_X, PART
 
 
 @triton.jit
-def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV, PARAMS,
+def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV, DQ, PARAMS,
                        Q, N, C, q_per_split,
                        SHRINK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_C: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                       SHARED_KV: tl.constexpr):
+                       SHARED_KV: tl.constexpr, ATOMIC_DQ: tl.constexpr):
     """Memory-major backward: partial d(mk) = sum_i ds·zq and d(mv) = sum_i a·g per slot.
 
     With dot similarity the keys are the values, so one accumulator takes both terms and
     PART_DMK receives the slot's whole gradient (PART_DMV is not touched): a C-wide float32
     accumulator less, which keeps the picked tiles from spilling.
+    ATOMIC_DQ (the "atomic" plan, FlashAttention-2's): each query tile's sum_j ds·mk over this
+    program's slots is also added into DQ with atomics, so no query-major sweep computes
+    d(query); the order of the additions, hence the rounding, varies from run to run.
     """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -452,6 +457,10 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
         else:
             dmk = _mm(ds_t.to(zq.dtype), zq, dmk, PREC, UPCAST)
             dmv = _mm(a_t.to(g.dtype), g, dmv, PREC, UPCAST)
+        if ATOMIC_DQ:
+            dq = _mm(tl.trans(ds_t).to(mk.dtype), mk, tl.zeros([BLOCK_Q, BLOCK_C], dtype=scale.dtype),
+                     PREC, UPCAST)
+            tl.atomic_add(DQ + offs_q[:, None] * C + offs_c[None, :], dq, mask=mask_qc)
     part = pid_s * N + offs_n
     if SHARED_KV:
         tl.store(PART_DMK + part[:, None] * C + offs_c[None, :], dmk, mask=mask_nc)
@@ -539,6 +548,9 @@ _FORWARD_Y = {("16-bit", 256), ("tf32", 256)}
 KNOWN_SPILLS = {
     ("float32", "backward_query", 256): 512, ("float32", "backward_query", 512): 6144,
     ("float32", "backward_memory", 256): 512, ("float32", "backward_memory", 512): 3072,
+    # the lam = 0 dquery pass at 512 (Triton 3.6; 3.8 does not spill), at the fused pass's
+    # tile: half the fused pass's spill
+    ("float32", "backward_dquery", 512): 3584,
     ("tf32", "backward_memory", 512): 384,
     ("float64", "backward_query", 256): 384, ("float64", "backward_memory", 256): 3584,
 }
@@ -572,18 +584,34 @@ def _fitting_width(table, block_c):
 def tile_config(kernel: str, block_c: int, dtype: torch.dtype, device: torch.device,
                 precision: str = "ieee") -> Tiles:
     """Tile shape and launch settings for one kernel ("forward", "backward_query",
-    "backward_row_term", "backward_dquery", "backward_x_and_r", "backward_memory") at padded
-    channel count block_c (see _TILES)."""
+    "backward_row_term", "backward_dquery", "backward_x_and_r", "backward_memory",
+    "backward_memory_atomic") at padded channel count block_c (see _TILES)."""
     if device.type == "cpu":  # the interpreter runs whole tiles in numpy: larger is faster
         return Tiles(32, 64, 4, 1)
     if kernel == "backward_x_and_r":
         kernel = "backward_dquery"  # one C-wide accumulator and a row sum, as the dquery pass
+    if kernel == "backward_memory_atomic":
+        kernel = "backward_memory"
     tables = _TILES[_operand_type(dtype, precision)]
     table = tables.get(kernel, {})
     if (kernel in ("backward_row_term", "backward_dquery")
             and _fitting_width(tables["backward_query"], block_c) not in table):
         table = tables["backward_query"]  # the two-sweep passes hold less than the fused one
     return Tiles(*table[_fitting_width(table, block_c)])
+
+
+ATOMIC_BACKWARD_ENV = "MEMAE_FUSED_ATOMIC_BACKWARD"
+
+
+def atomic_backward_enabled() -> bool:
+    """Whether the backward takes the "atomic" plan: asked for with the environment variable
+    MEMAE_FUSED_ATOMIC_BACKWARD=1 (read at every backward), never while
+    torch.use_deterministic_algorithms is on. It does 7 units of matrix work per training
+    step at lam = 0 and 10 with shrinkage (against 9 and 11) but adds d(query) with
+    atomics, so its rounding varies between runs; the default plans are deterministic."""
+    if os.environ.get(ATOMIC_BACKWARD_ENV, "0") in ("", "0"):
+        return False
+    return not torch.are_deterministic_algorithms_enabled()
 
 
 def backward_query_plan(block_c: int, dtype: torch.dtype, device: torch.device,
@@ -848,7 +876,15 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     plan = backward_query_plan(block_c, query.dtype, query.device, constants["PREC"], shrink)
     if plan == "forward_y" and y.numel() == 0:
         plan = "row_term_first"  # the forward saved no Y (it ran without autograd recording)
-    if plan == "dquery_only":
+    atomic = atomic_backward_enabled()
+    grad_zq = None
+    if atomic:  # d(query) from the memory-major sweep; R first where it is not 0
+        if shrink:
+            _, r_row = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
+                                    constants, "row_term")
+        else:
+            r_row = torch.zeros_like(d_row)
+    elif plan == "dquery_only":
         r_row = torch.zeros_like(d_row)
         grad_zq, _ = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
                                   constants, "dquery", r_row)
@@ -863,10 +899,9 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
                                 constants, "row_term")
         grad_zq, _ = _query_sweep(query, zq, mk, memory, grad_read, gam, stats, d_row, params,
                                   constants, "dquery", r_row)
-    grad_zq = grad_zq / temperature
 
     tiles, meta = _launch_meta("backward_memory", block_c, query.dtype, query.device,
-                               **constants)
+                               ATOMIC_DQ=atomic, **constants)
     n_blocks = triton.cdiv(n, tiles.block_n)
     q_splits = plan_splits(n_blocks, q, tiles.block_q, query.device)
     q_per_split = triton.cdiv(triton.cdiv(q, q_splits), tiles.block_q) * tiles.block_q
@@ -874,9 +909,11 @@ def triton_memory_read_bwd(grad_read: torch.Tensor, grad_entropy: torch.Tensor,
     part_dmk = torch.empty((q_splits, n, c), dtype=acc_dtype, device=query.device)
     # Dot similarity: the kernel puts the whole memory gradient in part_dmk.
     part_dmv = torch.empty_like(part_dmk) if cosine else part_dmk.new_empty(0)
+    dq = torch.zeros((q, c), dtype=acc_dtype, device=query.device) if atomic else part_dmv
     _launch(_bwd_memory_kernel, (n_blocks, q_splits),
             zq, mk, memory, grad_read, gam, stats, d_row, r_row.contiguous(), part_dmk,
-            part_dmv, params, q, n, c, q_per_split, **meta)
+            part_dmv, dq, params, q, n, c, q_per_split, **meta)
+    grad_zq = (dq if atomic else grad_zq) / temperature
     if cosine:
         grad_query = _normalize_backward(query, grad_zq)
         grad_memory = _normalize_backward(memory, part_dmk.sum(dim=0)) + part_dmv.sum(dim=0)
@@ -912,6 +949,7 @@ def memory_read_triton(query, memory, shrink_thres, cosine, temperature):
         raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1")
     # Y only where the backward's plan uses it, and only when a backward can follow.
     save_y = (torch.is_grad_enabled() and (query.requires_grad or memory.requires_grad)
+              and not atomic_backward_enabled()
               and backward_query_plan(_block_c(query.shape[1]), query.dtype, query.device,
                                       _dot_precision(query.dtype), shrink_thres > 0)
               == "forward_y")

@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
     ("triton", "bfloat16", True, 256, "fused", (3, 8)),
     # R in a sweep of its own: logits, g·mvᵀ; logits, g·mkᵀ, d zq
     ("triton", "bfloat16", True, 256, "row_term_first", (3, 9)),
+    # The atomic plan: d(query) from the memory-major sweep (5), after R's sweep (2)
+    ("triton", "bfloat16", False, 256, "atomic", (2, 5)),
+    ("triton", "bfloat16", True, 256, "atomic", (3, 7)),
     # Triton without shrinkage: one online sweep; logits, g·mkᵀ, d zq; memory-major 4
     ("triton", "bfloat16", False, 256, None, (2, 7)),
     ("triton", "float32", False, 512, None, (2, 7)),
@@ -67,33 +70,19 @@ def test_bytes_and_roofline_follow_their_rules():
     assert costs.find("eager", "float32", False, 64)["bytes_per_pair"] == 2 * eager
 
 
-@pytest.fixture
-def counted_products(monkeypatch):
-    """Multiply-adds of every tl.dot the interpreted kernels run."""
-    from triton.runtime.interpreter import InterpreterBuilder
-
-    total = {"mac": 0}
-    original = InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, *args):
-        m, k = a.data.shape[-2:]
-        total["mac"] += m * k * b.data.shape[-1]
-        return original(self, a, b, d, *args)
-
-    monkeypatch.setattr(InterpreterBuilder, "create_dot", create_dot)
-    return total
-
-
 @pytest.mark.skipif(not triton_kernels.triton_interpret_enabled(), reason="needs the interpreter")
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("shrink, plan", [(False, None), (True, None), (True, "row_term_first"),
-                                          (True, "forward_y")])
+                                          (True, "forward_y"), (False, "atomic"),
+                                          (True, "atomic")])
 def test_triton_counts_are_what_the_kernels_compute(monkeypatch, counted_products, shrink, plan,
                                                     similarity):
     # Shapes that are whole interpreter tiles (32 x 64, C = BLOCK_C), one program per block,
     # no split: the products then add up to units x Q x N x C exactly.
     q, n, c = 64, 128, 64
-    if plan is not None:
+    if plan == "atomic":
+        monkeypatch.setenv(triton_kernels.ATOMIC_BACKWARD_ENV, "1")
+    elif plan is not None:
         monkeypatch.setattr(triton_kernels, "backward_query_plan", lambda *args: plan)
     gen = torch.Generator().manual_seed(3)
     query = torch.randn(q, c, generator=gen, requires_grad=True)
@@ -126,6 +115,6 @@ def test_command_prints_json_with_every_field():
             assert (backend, "float32", False, channels) in seen
     triton_bf16 = [r for r in rows if r["backend"] == "triton" and r["dtype"] == "bfloat16"
                    and r["shrink"] and r["channels"] == 256]
-    assert {r["plan"] for r in triton_bf16} == {"fused", "forward_y", "row_term_first"}
+    assert {r["plan"] for r in triton_bf16} == {"fused", "forward_y", "row_term_first", "atomic"}
     assert sum(r["default"] for r in triton_bf16) == 1
     assert all(r["roofline_ms_h200"] > 0 for r in rows if r["backend"] != "cpp")

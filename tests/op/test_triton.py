@@ -128,6 +128,46 @@ def test_both_backward_plans_at_256_channels_in_bf16(monkeypatch, plan, similari
 
 
 @pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("shrink_factor", [0.0, 3.0])
+def test_atomic_backward_matches_reference(monkeypatch, similarity, shrink_factor, splits):
+    # The optional FlashAttention-2 style backward: d(query) added with atomics by the
+    # memory-major sweep (after R's sweep with shrinkage); unsplit and split over Q.
+    monkeypatch.setenv(triton_kernels.ATOMIC_BACKWARD_ENV, "1")
+    monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: splits)
+    assert triton_kernels.atomic_backward_enabled()
+    want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
+                            dtype=torch.float64)
+    assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
+
+
+def test_atomic_backward_only_when_asked_and_not_deterministic(monkeypatch, counted_products):
+    # Off by default and under torch.use_deterministic_algorithms: the deterministic plans
+    # run (their product count tells them apart: at lam = 0, 2 + 7 units against 2 + 5).
+    q, n, c = 64, 128, 64
+    query = torch.randn(q, c, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(n, c, dtype=torch.float64, requires_grad=True)
+
+    def units():
+        counted_products["mac"] = 0
+        res = memory_read(query.to(DEVICE), memory.to(DEVICE), shrink_thres=0.0,
+                          temperature=0.5, backend="triton")
+        (res.read.sum() + res.entropy.sum()).backward()
+        return counted_products["mac"] / (q * n * c)
+
+    assert not triton_kernels.atomic_backward_enabled()
+    assert units() == 9
+    monkeypatch.setenv(triton_kernels.ATOMIC_BACKWARD_ENV, "1")
+    assert units() == 7
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not triton_kernels.atomic_backward_enabled() and units() == 9
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
 def test_forward_saves_y_only_for_a_backward(monkeypatch, splits):
     # Y = sum_j w_j·mk_j (the softmax, before shrinkage) against float64, saved only when
     # autograd records the call; a backward without it takes the row_term_first passes.
