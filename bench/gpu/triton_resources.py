@@ -183,20 +183,31 @@ def usable(usage, arch, spill=0):
 def propose(results):
     """Per (mode, kernel, block_c), the usable shape that uses wgmma if any does, then the
     largest tile (block_q x block_n), the least shared memory, the fewest registers: a rule
-    from resources and instructions until the GPU has timed them."""
-    best = {}
+    from resources and instructions until the GPU has timed them. A shape counts with its
+    worst result over the runs given (Triton versions, launch variants): its largest spill,
+    its most shared memory, wgmma only if every compile had it."""
+    merged = {}
     for r in results:
+        key = (r["mode"], r["kernel"], r["block_c"], tuple(r["tiles"]))
         if "error" in r or r["shared"] > SHARED_LIMIT.get(r.get("arch", 90), SHARED_LIMIT[90]):
+            merged[key] = None
             continue
-        key = (r["mode"], r["kernel"], r["block_c"])
+        if key in merged and merged[key] is None:
+            continue
+        seen = merged.setdefault(key, dict(stack=0, shared=0, regs=0, wgmma=True))
+        seen.update(stack=max(seen["stack"], r["stack"]), shared=max(seen["shared"], r["shared"]),
+                    regs=max(seen["regs"], r["regs"]),
+                    wgmma=seen["wgmma"] and r.get("mma") == "wgmma")
+    best = {}
+    for (mode, kernel, block_c, tiles), seen in merged.items():
         # Spill-free first; where none is, the least spill within SMALL_SPILL.
-        spill = r["stack"] if r["stack"] <= SMALL_SPILL else None
-        if spill is None:
+        if seen is None or seen["stack"] > SMALL_SPILL:
             continue
-        rank = (spill, r.get("mma") != "wgmma", -r["tiles"][0] * r["tiles"][1], r["shared"],
-                r["regs"])
+        rank = (seen["stack"], not seen["wgmma"], -tiles[0] * tiles[1], seen["shared"],
+                seen["regs"])
+        key = (mode, kernel, block_c)
         if key not in best or rank < best[key][0]:
-            best[key] = (rank, tuple(r["tiles"]), r.get("mma", "?"))
+            best[key] = (rank, tiles, "wgmma" if seen["wgmma"] else "other")
     return {key: (tiles, rank[0], mma) for key, (rank, tiles, mma) in sorted(best.items())}
 
 

@@ -19,6 +19,7 @@ the traceback. Ctrl-C exits with status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -104,15 +105,19 @@ def add_data_arguments(p: argparse.ArgumentParser, size_help: str) -> None:
     g.add_argument("--size", type=ints, metavar="HxW", help=size_help)
 
 
+def add_color_argument(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("colour (video frames and images)")
+    g.add_argument("--color", choices=("gray", "rgb"),
+                   help="channels the frames or images are read with (default: gray for videos, "
+                        "digits and MNIST, rgb for the other image sets; the synthetic video set "
+                        "is gray only)")
+
+
 def add_image_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image data (--data digits, synthetic-defects, mvtec:, folder:, mnist:, cifar10:)")
     g.add_argument("--normal-class", type=COUNT, metavar="K",
                    help="the normal class of a one-class set (digits, mnist, cifar10: 0-9)")
     g.add_argument("--category", help="MVTec-AD category (with --data mvtec:ROOT)")
-    g.add_argument("--color", choices=("gray", "rgb"),
-                   help="channels the frames or images are read with (default: gray for videos, "
-                        "digits and MNIST, rgb for the other image sets; the synthetic video set "
-                        "is gray only)")
     g.add_argument("--flips", action="store_true",
                    help="random horizontal and vertical flips of the training images (DAAD's)")
     g.add_argument("--normal-dir", default="normal", help="folder: the normal training images' folder")
@@ -138,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "takes the preset's value.")
     add_data_arguments(t, "frame size HxW, or one number for square frames (default: 64 with "
                           "--preset small, 256 with paper; images: the data kind's preset)")
+    add_color_argument(t)
     add_image_arguments(t)
     t.add_argument("--preset", default="small", choices=tuple(PRESETS),
                    help="'small' (default: minutes on a CPU) or 'paper' (the paper's video "
@@ -202,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(t)
 
     e = sub.add_parser("evaluate", help="score test frames, AUROC, plots",
-                       description="Score every test frame of the checkpoint's data set (or of "
-                                   "--data) and write results.json, scores.npz and plots.")
+                       description="Score every test frame (or image) of the checkpoint's data "
+                                   "set (or of --data) and write results.json, scores.npz and "
+                                   "plots: MemAE regularity.png, roc.png and examples.png; MNAD "
+                                   "roc.png; images roc.png and overlays.png.")
     e.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="checkpoint.pt written by memae-fused train")
     add_data_arguments(e, "frame size HxW or one number (default: the checkpoint's)")
@@ -229,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "file's header and every video file's first frame, and "
                                    "list every problem at once.")
     add_data_arguments(c, "frame size HxW or one number (default: 64; images: the preset's)")
+    add_color_argument(c)
     add_image_arguments(c)
     _common(c)
 
@@ -364,6 +373,8 @@ def resume_conflicts(ckpt: dict, args, given: set) -> list:
     for option, (cfg, field) in checks:
         before, after = saved[cfg].get(field), getattr(new[cfg], field, None)
         if not _same(field, before, after):
+            if option == "--color":  # stored as a channel count, given as a word
+                before, after = COLORS.get(before, before), COLORS.get(after, after)
             conflicts.append(f"{option}: checkpoint {before!r}, given {after!r}")
     return conflicts
 
@@ -464,9 +475,11 @@ def cmd_evaluate_images(args, model, ckpt, device) -> int:
     dataset = load_image_dataset(data_cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     score = args.image_score or image_preset(data_cfg.source_kind)["score"]
-    results = evaluate_images(model, dataset, out, device=device, batch_size=args.batch_size,
-                              amp=args.amp, score=score, plots=not args.no_plots,
-                              extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
+    with _removed_if_failed(out):
+        results = evaluate_images(model, dataset, out, device=device, batch_size=args.batch_size,
+                                  amp=args.amp, score=score, plots=not args.no_plots,
+                                  extra={"checkpoint": str(args.checkpoint),
+                                         "trained_epochs": ckpt["epoch"]})
     return _print_results(format_image_results(results), out, results["image_auroc"],
                           f"the test images of {dataset.name} hold only one class", "image AUROC")
 
@@ -478,23 +491,47 @@ def cmd_evaluate(args) -> int:
         return cmd_evaluate_images(args, model, ckpt, device)
     if args.image_score or args.category:
         raise UsageError("--image-score and --category apply to image checkpoints")
-    data_cfg = _data_config(args, DataConfig.from_dict(ckpt["data_config"]))
+    trained = DataConfig.from_dict(ckpt["data_config"])
+    data_cfg = _data_config(args, trained)
+    if tuple(data_cfg.size) != tuple(trained.size):
+        print(f"note: evaluating at {_size_text(data_cfg.size)}; the model was trained at "
+              f"{_size_text(trained.size)}")
     dataset = load_dataset(data_cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    if isinstance(model.config, MNADConfig):
-        results = evaluate_mnad(model, dataset, out, device=device, amp=args.amp,
-                                plots=not args.no_plots,
-                                test_time_update=not args.no_test_time_update,
-                                extra={"checkpoint": str(args.checkpoint),
-                                       "trained_epochs": ckpt["epoch"]})
-        return _print_results(format_mnad_results(results), out)
-    results = evaluate(model, dataset, ckpt["train_config"]["clip_len"], out, device=device,
-                       batch_size=args.batch_size, amp=args.amp, plots=not args.no_plots,
-                       progress=not args.no_progress,
-                       extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"]})
+    extra = {"checkpoint": str(args.checkpoint), "trained_epochs": ckpt["epoch"],
+             "frame_size": list(data_cfg.size), "color": COLORS[data_cfg.channels]}
+    with _removed_if_failed(out):
+        if isinstance(model.config, MNADConfig):
+            results = evaluate_mnad(model, dataset, out, device=device, amp=args.amp,
+                                    plots=not args.no_plots,
+                                    test_time_update=not args.no_test_time_update, extra=extra)
+            return _print_results(format_mnad_results(results), out)
+        results = evaluate(model, dataset, ckpt["train_config"]["clip_len"], out, device=device,
+                           batch_size=args.batch_size, amp=args.amp, plots=not args.no_plots,
+                           progress=not args.no_progress, extra=extra)
     return _print_results(format_results(results), out, results["auc"],
                           f"the scored test frames of {dataset.name} hold only one class (all "
                           "normal or all anomalous)")
+
+
+COLORS = {1: "gray", 3: "rgb"}
+
+
+def _size_text(size) -> str:
+    return f"{size[0]} x {size[1]}"
+
+
+@contextlib.contextmanager
+def _removed_if_failed(out: Path):
+    """An evaluation's folder, removed again if the evaluation fails before writing to it
+    (a folder that existed before, or holds files, is left alone)."""
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _frame_count(videos, problems) -> int:
@@ -559,12 +596,14 @@ def cmd_check_data(args) -> int:
     if image_source_kind(_absolute(args.data)) is not None:
         return cmd_check_image_data(args)
     data_cfg = DataConfig(source=_absolute(args.data), format=args.data_format, labels=args.labels,
-                          size=_square(args.size) or PRESETS["small"]["size"])
+                          size=_square(args.size) or PRESETS["small"]["size"],
+                          channels=3 if args.color == "rgb" else 1)
     train_set = load_dataset(data_cfg, test=False)
     layout = "synthetic" if args.data == "synthetic" else (
         detect_format(Path(args.data)) if args.data_format == "auto" else args.data_format)
     problems = check_videos(train_set.train, decode=True)
-    print(f"{args.data} ({layout} layout): {len(train_set.train)} training videos, "
+    print(f"{args.data} ({layout} layout, read as {_size_text(data_cfg.size)} "
+          f"{COLORS[data_cfg.channels]}): {len(train_set.train)} training videos, "
           f"{_frame_count(train_set.train, problems)} readable frames")
     # Training goes on without test videos or labels, so their problems are listed apart.
     try:

@@ -83,8 +83,9 @@ def evaluate_mnad(model, dataset: VideoDataset, out_dir, device="cpu", amp: str 
                   plots: bool = True, test_time_update: bool = True,
                   extra: Optional[dict] = None) -> dict:
     """Score every test frame (with the test-time update unless disabled), compute the
-    frame AUROC overall and per anomaly type, write out_dir/results.json (and roc.png).
-    The model's memory is updated in place by the test-time update."""
+    frame AUROC overall and per anomaly type, write out_dir/results.json, scores.npz (per
+    test video its frames' score, PSNR, feature distance and label; NaN where not scored) and
+    (plots=True) roc.png. The model's memory is updated in place by the test-time update."""
     if not dataset.test or dataset.labels is None:
         raise ValueError(f"{dataset.name} has no labelled test videos to evaluate on")
     model, out_dir, device, backend = prepare_evaluation(model, out_dir, device)
@@ -116,6 +117,10 @@ def evaluate_mnad(model, dataset: VideoDataset, out_dir, device="cpu", amp: str 
     results["seconds"] = time.time() - started
     if extra:
         results.update(extra)
+    np.savez_compressed(out_dir / "scores.npz", **{
+        f"{video.name}/{key}": value for video, *values in zip(dataset.test, scores, psnrs,
+                                                                distances, labels)
+        for key, value in zip(("score", "psnr", "distance", "label"), values)})
     if plots:
         save_roc_plot([("all", *pooled(scores, labels, everything))], f"{model.config.variant} on {dataset.name}",
                       out_dir / "roc.png")

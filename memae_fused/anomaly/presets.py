@@ -63,6 +63,9 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
             raise ValueError("--size: the synthetic set has square frames, give one number")
         synthetic["size"] = frame_size[0]
     if model in MNAD_VARIANTS:
+        if frame_size[0] % 8 or frame_size[1] % 8:
+            raise ValueError(f"--size: MNAD's frames must be divisible by 8 (three poolings), "
+                             f"got {frame_size[0]}x{frame_size[1]}")
         mnad = base["mnad"]
         widths = tuple(channels or mnad["channels"])
         if len(widths) != 4:

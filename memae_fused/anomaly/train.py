@@ -332,7 +332,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
 
         if ctx.is_main and start_epoch < train_cfg.epochs:
             params = sum(p.numel() for p in model.parameters())
-            log(f"training {model_cfg.variant} ({params / 1e6:.2f} M parameters) on "
+            log(f"training {model_cfg.variant} ({params:,} parameters) on "
                 f"{dataset.name}: {len(samples)} {what}, "
                 f"{len(loader)} batches of {train_cfg.batch_size} per epoch per process, "
                 f"{ctx.world_size} process(es) on {device}, amp={train_cfg.amp}, memory "

@@ -483,8 +483,18 @@ class Tiles(NamedTuple):
 # Tile shapes per operand type, kernel and padded channel count (the first entry at least
 # BLOCK_C). A program keeps BLOCK x BLOCK_C tiles of its rows and one or two float32 accumulators
 # in registers, so wide channels take small tiles. Chosen by bench/triton_resources.py, which
-# compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version; the
-# picks rechecked with 3.8, in every launch variant): among the tiles that compile without
+# compiles every candidate for sm_90 without a GPU (Triton 3.6, the GPU machine's version, and
+# 3.8, in every launch variant). The 16-bit and TF32 picks come from compiles specialised as
+# the JIT specialises a launch of aligned shapes (--specialize: every pointer and Q, N, C
+# divisible by 16; results in bench/results/2026-12-02-specialized-triton-resources-sm90.json),
+# the worst of the two versions counting, where --check finds them usable unspecialised too
+# (odd shapes) in every launch variant with both versions; elsewhere (the 16-bit memory-major
+# kernel, the 16-bit forward at 256 and 512, the fused and dquery passes at 512 and the fused
+# pass at 128, the TF32 forward at 256 and 512) the larger specialised picks spilled 0.15-2 KB
+# unspecialised, and the earlier picks stay. The query-major dquery /
+# x_and_r passes at C = 256 in 16-bit keep 64 x 32 wgmma tiles that spill 24-32 bytes
+# specialised with Triton 3.6 (none with 3.8), where the only spill-free tile is a 32-row
+# mma.sync one. Among the tiles that compile without
 # register spills and within an H100's shared memory, one whose products become Hopper's
 # wgmma if any does (64 rows per warpgroup; the others get mma.sync, Hopper's slower
 # tensor-core path), then the largest; where none is spill-free, the least spilling (its
@@ -495,22 +505,24 @@ class Tiles(NamedTuple):
 # (bench/tune_triton_tiles.py, a step of bench/gpu_check.sh).
 _TILES = {
     "16-bit": {  # bfloat16 / float16 on tensor cores
-        "forward": {64: (64, 64, 8, 2), 128: (64, 64, 8, 2), 256: (64, 32, 8, 2),
+        "forward": {64: (128, 64, 8, 2), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2),
                     512: (32, 16, 8, 1)},
-        "backward_query": {64: (64, 64, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2),
+        "backward_query": {64: (128, 64, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2),
                            512: (16, 16, 8, 1)},
         "backward_row_term": {256: (64, 32, 8, 2)},
-        "backward_dquery": {256: (64, 32, 8, 2)},
+        "backward_dquery": {64: (128, 64, 8, 2), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2),
+                            512: (16, 16, 8, 1)},
         "backward_memory": {64: (16, 64, 8, 2), 128: (16, 64, 8, 2), 256: (32, 32, 8, 1),
                             512: (16, 16, 8, 1)},
     },
     "tf32": {  # float32 with torch's TF32 allowed
-        "forward": {64: (64, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
+        "forward": {64: (128, 64, 8, 2), 128: (128, 32, 8, 2), 256: (32, 32, 8, 1),
                     512: (16, 16, 8, 1)},
-        "backward_query": {64: (64, 64, 4, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2),
+        "backward_query": {64: (128, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2),
                            512: (16, 16, 8, 1)},
         "backward_row_term": {256: (64, 16, 8, 2)},
-        "backward_dquery": {256: (64, 32, 8, 2)},
+        "backward_dquery": {64: (128, 64, 8, 2), 128: (128, 32, 8, 2), 256: (64, 32, 8, 2),
+                            512: (16, 16, 8, 1)},
         "backward_memory": {64: (16, 64, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1),
                             512: (16, 16, 8, 1)},
     },
@@ -551,6 +563,10 @@ KNOWN_SPILLS = {
     # the lam = 0 dquery pass at 512 (Triton 3.6; 3.8 does not spill), at the fused pass's
     # tile: half the fused pass's spill
     ("float32", "backward_dquery", 512): 3584,
+    # the atomic plan's memory-major kernel (optional; the smallest tile): IEEE float32 and
+    # float64 hold one (BLOCK_Q x C) product more than the default plans' kernel
+    ("float32", "backward_memory_atomic", 256): 384, ("float32", "backward_memory_atomic", 512): 2560,
+    ("tf32", "backward_memory_atomic", 512): 384, ("float64", "backward_memory_atomic", 256): 2048,
     ("tf32", "backward_memory", 512): 384,
     ("float64", "backward_query", 256): 384, ("float64", "backward_memory", 256): 3584,
 }

@@ -243,6 +243,12 @@ def test_memae_on_rgb_frames_and_evaluate_at_another_size(avenue, tmp_path, caps
     status, _, err = run(["evaluate", "--checkpoint", ckpt, "--no-progress"], capsys)
     assert status == 0, err
     assert (tmp_path / "run" / "eval" / "examples.png").is_file()
+    assert json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["color"] == "rgb"
+    status, out, err = run(["check-data", "--data", avenue, "--color", "rgb", "--size", "24"],
+                           capsys)
+    assert status == 0 and "read as 24 x 24 rgb" in out, err
+    status, _, err = run(["check-data", "--data", "synthetic", "--color", "rgb"], capsys)
+    assert_one_line_error(status, err, "--color rgb: the synthetic video set is grayscale")
     status, _, err = run(["evaluate", "--checkpoint", ckpt, "--size", "24", "--out",
                           tmp_path / "eval24", "--no-plots", "--no-progress"], capsys)
     assert status == 0, err

@@ -181,9 +181,27 @@ def test_command_line_on_rgb_frames(tmp_path, capsys):
     assert cli.main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--no-progress"]) == 0
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["frames_scored"] == 2 * (8 - 4) and (run / "eval" / "roc.png").is_file()
+    assert results["color"] == "rgb" and results["frame_size"] == [32, 32]
+    with np.load(run / "eval" / "scores.npz") as scores:
+        assert sorted(scores.files) == sorted(f"{v}/{k}" for v in ("01", "02")
+                                              for k in ("score", "psnr", "distance", "label"))
+        assert np.isnan(scores["02/score"][:4]).all() and scores["02/label"][5:].all()
     capsys.readouterr()
+    # Another size is said; one the model cannot take fails and leaves no folder behind.
+    assert cli.main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--size", "40",
+                     "--out", str(tmp_path / "e40"), "--no-plots", "--no-progress"]) == 0
+    assert "note: evaluating at 40 x 40; the model was trained at 32 x 32" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e40" / "results.json").read_text())["frame_size"] == [40, 40]
+    assert cli.main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--size", "36",
+                     "--out", str(tmp_path / "e36"), "--no-plots", "--no-progress"]) == 2
+    assert "divisible by 8" in capsys.readouterr().err and not (tmp_path / "e36").exists()
     assert cli.main(["train", "--out", str(run), "--resume", "--color", "gray"]) == 2
-    assert "--color: checkpoint 3, given 1" in capsys.readouterr().err
+    assert "--color: checkpoint 'rgb', given 'gray'" in capsys.readouterr().err
+    # MNAD's size rule is checked before anything is built.
+    assert cli.main(["train", "--model", "mnad-pred", "--size", "36", "--out",
+                     str(tmp_path / "y")]) == 2
+    out, err = capsys.readouterr()
+    assert "--size: MNAD's frames must be divisible by 8" in err and "training" not in out
     assert cli.main(["train", "--color", "rgb", "--out", str(tmp_path / "x")]) == 2
     assert "--color rgb: the synthetic video set is grayscale" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
