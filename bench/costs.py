@@ -72,7 +72,8 @@ TRITON_SWEEPS = {
     "backward_x_and_r": (3, 1, 1, "query"),  # the same products, R summed beside X
     "backward_memory": (4, 2, 2, "memory"),  # logits, mv·gᵀ, d mk, d mv (swept: zq, g)
     # the atomic plan's: the same and ds·mk per query tile, added into d(query) with atomics
-    # (a float32 read and write of the tile per slot block: counted in _triton_sweep_cost)
+    # (a read and write of the tile per slot block in the accumulation dtype: counted in
+    # _triton_sweep_cost)
     "backward_memory_atomic": (5, 2, 2, "memory"),
 }
 TRITON_TILE_KERNEL = {"forward_max_sum": "forward", "forward_read": "forward",
@@ -130,7 +131,8 @@ def _triton_sweep_cost(sweep: str, dtype: str, channels: int, cosine: bool):
                                        "tf32" if dtype == "tf32" else "ieee")
     rows = tiles.block_q if owner == "query" else tiles.block_n
     loaded = tiles_cosine if cosine else tiles_dot
-    atomics = 2 * channels * 4 / rows if sweep == "backward_memory_atomic" else 0.0
+    accumulation = 8 if dtype == "float64" else 4  # d(query) is kept in it
+    atomics = 2 * channels * accumulation / rows if sweep == "backward_memory_atomic" else 0.0
     return units, loaded * channels * _bytes(dtype) / rows + atomics
 
 

@@ -1,14 +1,16 @@
 """Fused MemAE memory read in Triton: forward, backward and their torch.library wiring.
 
 Algorithm (docs/algorithm.md has the derivation; bench/costs.py counts each plan's matrix
-work). With shrinkage (lam > 0), per block of queries the forward sweeps the memory twice: sweep 1 keeps an online max m and sum l of exp of the logits (online
-softmax); sweep 2 recomputes the logits, forms w = exp((s - m) - log l), the hard shrinkage
-h, and accumulates sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and entropy then
-need only per-row scalars, so no Q x N tensor ever reaches device memory. The forward saves
-four numbers per row (m, log l, the shrink sum S and A' = sum a²/(a+eps)). m and log l are
-kept apart rather than as one logsumexp L = m + log l: rounding L (|L| up to 1/temperature)
-would cost every weight a relative error of ulp(L), which a near one-hot row, the usual
-MemAE case, turns into a large error in its entropy and gradients.
+work). With shrinkage (lam > 0), per block of queries the forward sweeps the memory twice:
+sweep 1 keeps an online max m and sum l of exp of the logits (online softmax); sweep 2
+recomputes the logits, forms w = exp((s - m) - log l), the hard shrinkage h, and accumulates
+sum(h·M), sum(h), sum(h·log h) on chip. Renormalisation and entropy then need only per-row
+scalars, so no Q x N tensor ever reaches device memory. The forward saves four numbers per
+row (m, log l, the shrink sum S and A' = sum a²/(a+eps); S and A' are 1 at lam = 0), and Y
+(below) where its plan needs it. m and log l are kept apart rather than as one logsumexp
+L = m + log l: rounding L (|L| up to 1/temperature) would cost every weight a relative error
+of ulp(L), which a near one-hot row, the usual MemAE case, turns into a large error in its
+entropy and gradients.
 
 Without shrinkage (lam = 0: MemAE-nonSpar, DAAD's and MNAD's reads) the weights are the
 softmax itself, so one sweep suffices, as in FlashAttention: the read accumulates
@@ -16,9 +18,7 @@ exp(s - m)·mv against a running max m and is rescaled when m grows; the entropy
 P = sum exp(s - m)·(s - m), rescaled the same way, as log l - P / l. That is -sum w log w,
 where the reference takes -sum w log(w + eps): the two differ by sum w log(1 + eps/w), less
 than N·eps (eps = 1e-12), and A' (sum w²/(w + eps)) is taken as 1, its eps terms nearly
-cancelling those of the entropy in D. The backward then needs no row term: with a = w,
-R = sum w·dw - D is zero but for D's rounding, so d(query) = sum w·(dw - D)·mk takes one
-query-major sweep with one accumulator ("dquery_only").
+cancelling those of the entropy in D.
 
 The backward recomputes the logits, FlashAttention style. The per-row reduction
 D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
@@ -28,12 +28,14 @@ accumulated as X - R·Y with Y = sum_j w_j·mk_j. Where those two C-wide accumul
 room only for tiles too small for Hopper's wgmma (C = 256 in 16-bit and TF32), Y comes from
 the forward instead ("forward_y": its first sweep, which has no C-wide accumulator of its
 own, accumulates Y online and saves it) and the kernel keeps X and R; without a saved Y it
-runs twice: R alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0 dL/dw is
-shifted by -D first, which leaves the gradients unchanged but makes R a small residual that
-cancels D's rounding (D comes from the rounded read, and 1/temperature would magnify its
-error in d(query)). A memory-major kernel recomputes the tiles once more with every row's
-m, l, S, D, R known and accumulates d(memory); neither kernel uses atomics, so the backward
-is deterministic. Asked for (atomic_backward_enabled), the memory-major kernel also adds
+runs twice: R alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0
+dL/dw is shifted by -D first, which leaves the gradients unchanged and makes R zero but for
+D's rounding (D comes from the rounded read and entropy): the lam = 0 plan ("dquery_only")
+takes R = 0, as FlashAttention takes its D from the rounded output (16-bit errors stay
+within eager PyTorch's in the same precision), and needs one query-major sweep with one
+accumulator. A memory-major kernel recomputes the tiles once more with every row's m, l, S,
+D, R known and accumulates d(memory); neither kernel uses atomics, so the backward is
+deterministic. Asked for (atomic_backward_enabled), the memory-major kernel also adds
 d(query) with atomics and the query-major d(query) sweep is skipped (FlashAttention-2's
 backward; not deterministic).
 
@@ -94,7 +96,7 @@ def _dlogit_terms(w, gm, lam, gam, inv_s, d_row, SHRINK: tl.constexpr):
     """Addressing weight a and dL/dw for one tile; gm = g·mv_j, row stats pre-broadcast.
 
     For lam = 0, dL/dw comes back shifted by -D (softmax ignores a shift of dL/dw), so that
-    R = sum w·dw is a small residual that absorbs D's rounding.
+    R = sum w·dw is zero but for D's rounding, and the lam = 0 plan can take R = 0.
     """
     if SHRINK:
         h, u, keep = _shrink(w, lam)
@@ -449,7 +451,9 @@ def _bwd_memory_kernel(ZQ, MK, MV, G, GAM, STATS, DROW, RROW, PART_DMK, PART_DMV
         a_t, dw_t = _dlogit_terms(w_t, gm_t, lam, gam[None, :], inv_s[None, :], d_row[None, :],
                                   SHRINK)
         ds_t = w_t * (dw_t - r_row[None, :])
-        ds_t = tl.where(mask_q[None, :], ds_t, 0.0)
+        # Padded slots too: their w_t = exp(-logsumexp) can overflow, and the atomic path
+        # sums ds over the slots (inf · 0 would be NaN).
+        ds_t = tl.where(mask_n[:, None] & mask_q[None, :], ds_t, 0.0)
         a_t = tl.where(mask_q[None, :], a_t, 0.0)
         if SHARED_KV:
             dmk = _mm((ds_t * scale).to(zq.dtype), zq, dmk, PREC, UPCAST)
@@ -621,7 +625,8 @@ ATOMIC_BACKWARD_ENV = "MEMAE_FUSED_ATOMIC_BACKWARD"
 
 def atomic_backward_enabled() -> bool:
     """Whether the backward takes the "atomic" plan: asked for with the environment variable
-    MEMAE_FUSED_ATOMIC_BACKWARD=1 (read at every backward), never while
+    MEMAE_FUSED_ATOMIC_BACKWARD=1 (read when the backward runs; under torch.compile, when it
+    is traced, so a compiled model keeps the setting it was compiled with), never while
     torch.use_deterministic_algorithms is on. It does 7 units of matrix work per training
     step at lam = 0 and 10 with shrinkage (against 9 and 11) but adds d(query) with
     atomics, so its rounding varies between runs; the default plans are deterministic."""

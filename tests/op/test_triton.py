@@ -141,6 +141,30 @@ def test_atomic_backward_matches_reference(monkeypatch, similarity, shrink_facto
     assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_atomic_backward_with_a_padded_slot_tile_and_low_logits(monkeypatch, dtype):
+    # Fewer slots than a tile: the padded slots' w = exp(-logsumexp) overflows when the
+    # logits are far below 0 (here -100 in float32, -16 in float16); masked, they add
+    # nothing to the atomic path's d(query), which matches the deterministic path's.
+    gen = torch.Generator().manual_seed(5)
+    value = 5.0 if dtype == torch.float32 else 2.0
+    query = torch.full((2, 4), -value, dtype=dtype)
+    memory = (value + 0.1 * torch.randn(5, 4, generator=gen)).to(dtype)
+
+    def grads(atomic):
+        monkeypatch.setenv(triton_kernels.ATOMIC_BACKWARD_ENV, "1" if atomic else "0")
+        q = query.to(DEVICE).clone().requires_grad_(True)
+        m = memory.to(DEVICE).clone().requires_grad_(True)
+        res = memory_read(q, m, shrink_thres=0.0, similarity="dot", temperature=1.0,
+                          backend="triton")
+        (res.read.sum() + res.entropy.sum()).backward()
+        return q.grad.double().cpu(), m.grad.double().cpu()
+
+    for got, want in zip(grads(True), grads(False)):
+        assert torch.isfinite(got).all() and torch.isfinite(want).all()
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * want.abs().max().item())
+
+
 def test_atomic_backward_only_when_asked_and_not_deterministic(monkeypatch, counted_products):
     # Off by default and under torch.use_deterministic_algorithms: the deterministic plans
     # run (their product count tells them apart: at lam = 0, 2 + 7 units against 2 + 5).
