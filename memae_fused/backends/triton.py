@@ -570,7 +570,8 @@ KNOWN_SPILLS = {
     # the atomic plan's memory-major kernel (optional; the smallest tile): IEEE float32 and
     # float64 hold one (BLOCK_Q x C) product more than the default plans' kernel
     ("float32", "backward_memory_atomic", 256): 384, ("float32", "backward_memory_atomic", 512): 2560,
-    ("tf32", "backward_memory_atomic", 512): 384, ("float64", "backward_memory_atomic", 256): 2048,
+    ("tf32", "backward_memory_atomic", 256): 256, ("tf32", "backward_memory_atomic", 512): 384,
+    ("float64", "backward_memory_atomic", 256): 2048,
     ("tf32", "backward_memory", 512): 384,
     ("float64", "backward_query", 256): 384, ("float64", "backward_memory", 256): 3584,
 }
