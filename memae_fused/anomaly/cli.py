@@ -27,7 +27,7 @@ from pathlib import Path
 
 from memae_fused.anomaly.arguments import (COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, THRESHOLD,
                                            ints)
-from memae_fused.anomaly.data import (IMAGE_PREFIXES, ONE_CLASS_SOURCES, DataConfig, ImageDataConfig, check_images,
+from memae_fused.anomaly.data import (COLOR_CHANNELS, IMAGE_PREFIXES, ONE_CLASS_SOURCES, DataConfig, ImageDataConfig, check_images,
                                       check_videos, data_config_from_dict, detect_format,
                                       image_source_kind, load_dataset, load_image_dataset)
 from memae_fused.anomaly.demo import add_demo_arguments, run_demo
@@ -514,7 +514,7 @@ def cmd_evaluate(args) -> int:
                           "normal or all anomalous)")
 
 
-COLORS = {1: "gray", 3: "rgb"}
+COLORS = {channels: word for word, channels in COLOR_CHANNELS.items()}
 
 
 def _size_text(size) -> str:
@@ -597,7 +597,7 @@ def cmd_check_data(args) -> int:
         return cmd_check_image_data(args)
     data_cfg = DataConfig(source=_absolute(args.data), format=args.data_format, labels=args.labels,
                           size=_square(args.size) or PRESETS["small"]["size"],
-                          channels=3 if args.color == "rgb" else 1)
+                          channels=COLOR_CHANNELS[args.color or "gray"])
     train_set = load_dataset(data_cfg, test=False)
     layout = "synthetic" if args.data == "synthetic" else (
         detect_format(Path(args.data)) if args.data_format == "auto" else args.data_format)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from memae_fused.anomaly.data import DataConfig, ImageDataConfig, image_source_kind
+from memae_fused.anomaly.data import COLOR_CHANNELS, DataConfig, ImageDataConfig, image_source_kind
 from memae_fused.anomaly.models import MNAD_VARIANTS, DAADConfig, MNADConfig, ModelConfig
 from memae_fused.anomaly.train import TrainConfig
 
@@ -46,11 +46,9 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
     items, and a cosine learning-rate schedule. color "gray" or "rgb": how frames are read
     (rgb models take 3 input channels)."""
     base = PRESETS[preset]
-    if color not in ("gray", "rgb"):
+    if color not in COLOR_CHANNELS:
         raise ValueError(f"--color: 'gray' or 'rgb', got {color!r}")
-    in_channels = 3 if color == "rgb" else 1
-    data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=(1, 1),
-                          channels=in_channels)
+    in_channels = COLOR_CHANNELS[color]
 
     def pick(value, key):
         return base[key] if value is None else value
@@ -62,6 +60,8 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
         if frame_size[0] != frame_size[1]:
             raise ValueError("--size: the synthetic set has square frames, give one number")
         synthetic["size"] = frame_size[0]
+    data_cfg = DataConfig(source=data, format=data_format, labels=labels, size=frame_size,
+                          synthetic=synthetic, channels=in_channels)
     if model in MNAD_VARIANTS:
         if frame_size[0] % 8 or frame_size[1] % 8:
             raise ValueError(f"--size: MNAD's frames must be divisible by 8 (three poolings), "
@@ -74,7 +74,6 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
         model_cfg = MNADConfig(variant=model, in_channels=in_channels, channels=widths[:3],
                                feature_dim=widths[3], num_items=num_slots or mnad["num_items"],
                                use_memory=use_memory, usage_weight=usage_weight, backend=backend)
-        data_cfg.size, data_cfg.synthetic = frame_size, synthetic
         train_cfg = TrainConfig(epochs=pick(epochs, "epochs"),
                                 batch_size=batch_size or mnad.get("batch_size", base["batch_size"]),
                                 lr=lr or mnad["lr"], clip_len=model_cfg.clip_len,
@@ -92,7 +91,6 @@ def run_configs(*, preset: str = "small", data: str = "synthetic", data_format: 
                             num_slots=pick(num_slots, "num_slots"), shrink_thres=shrink_thres,
                             similarity=similarity, temperature=temperature,
                             entropy_weight=entropy_weight, backend=backend)
-    data_cfg.size, data_cfg.synthetic = frame_size, synthetic
     train_cfg = TrainConfig(epochs=pick(epochs, "epochs"), batch_size=pick(batch_size, "batch_size"),
                             lr=pick(lr, "lr"), clip_len=clip_len,
                             clip_stride=pick(clip_stride, "clip_stride"), amp=amp,
@@ -151,7 +149,7 @@ def image_run_configs(*, data: str, model: str = "memae", normal_class: Optional
     base = image_preset(image_source_kind(data) or "defects")
     frame_size = tuple(size) if size is not None else base["size"]
     frame_size = (frame_size[0], frame_size[0]) if len(frame_size) == 1 else frame_size
-    image_channels = base["channels"] if color is None else {"gray": 1, "rgb": 3}[color]
+    image_channels = base["channels"] if color is None else COLOR_CHANNELS[color]
     data_cfg = ImageDataConfig(source=data, normal_class=normal_class, category=category,
                                size=frame_size, channels=image_channels, flips=flips,
                                normal_dir=normal_dir, abnormal_dir=abnormal_dir,

@@ -20,13 +20,17 @@ from memae_fused.anomaly.data.video import (ArrayVideo, ClipDataset, ImageFolder
                                              VideoDataset, VideoFileVideo, check_videos,
                                              frames_to_tensor)
 
-__all__ = ["ANOMALY_KINDS", "ONE_CLASS_SOURCES", "ArrayImageSet", "ArrayVideo", "ClipDataset", "DataConfig",
+__all__ = ["ANOMALY_KINDS", "COLOR_CHANNELS", "ONE_CLASS_SOURCES", "ArrayImageSet", "ArrayVideo", "ClipDataset", "DataConfig",
            "FileImageSet", "ImageDataConfig", "ImageDataset", "ImageFolderVideo", "ImageSet",
            "ImageTensors", "SyntheticConfig", "Video", "VideoDataset", "VideoFileVideo",
            "check_images", "check_videos", "cifar10_one_class", "data_config_from_dict",
            "detect_format", "digits_one_class", "frames_to_tensor", "image_source_kind",
            "load_dataset", "load_frames_folder", "load_image_dataset", "load_image_folder",
            "load_mvtec", "load_ucsd", "mnist_one_class", "synthetic_dataset", "synthetic_defects"]
+
+
+# --color's words and the channels they read frames and images with.
+COLOR_CHANNELS = {"gray": 1, "rgb": 3}
 
 
 @dataclass
@@ -44,7 +48,7 @@ class DataConfig:
     channels: int = 1
 
     def __post_init__(self):
-        if self.channels not in (1, 3):
+        if self.channels not in COLOR_CHANNELS.values():
             raise ValueError(f"--color: frames have 1 (gray) or 3 (rgb) channels, got {self.channels}")
         if self.channels == 3 and self.source == "synthetic":
             raise ValueError("--color rgb: the synthetic video set is grayscale; use a data folder")
@@ -104,7 +108,7 @@ class ImageDataConfig:
         if source_kind in ONE_CLASS_SOURCES and self.normal_class is None:
             raise ValueError(f"--normal-class: {source_kind} is a one-class protocol; say which "
                              "class (0-9) is normal")
-        if self.channels not in (1, 3):
+        if self.channels not in COLOR_CHANNELS.values():
             raise ValueError(f"--color: images have 1 (gray) or 3 (rgb) channels, got {self.channels}")
 
     @property
