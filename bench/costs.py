@@ -88,6 +88,17 @@ CUDA_COLUMNS = {"bfloat16": 256, "float16": 256, "tf32": 128, "float32": 128, "f
 CUDA_ROWS = 32
 
 
+def cost_dtype(dtype, backend: str) -> str:
+    """The cost model's dtype name of a case: a torch dtype (or its name) as `backend` runs it,
+    "tf32" for float32 where torch's matmul precision lets that backend use TF32 (eager,
+    compile and triton; the CUDA and CPU kernels multiply float32 in IEEE)."""
+    name = str(dtype).removeprefix("torch.")
+    if (name == "float32" and backend in ("eager", "compile", "triton")
+            and torch.get_float32_matmul_precision() != "highest"):
+        return "tf32"
+    return name
+
+
 def _bytes(dtype: str) -> int:
     return TORCH_DTYPES[dtype].itemsize
 

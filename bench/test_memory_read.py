@@ -51,10 +51,9 @@ def own_flops(case, mode, dtype, q, n, c):
     """The FLOPs the case itself executes (bench/costs.py), None for SDPA."""
     if case == "sdpa":
         return None
-    if dtype == "float32" and torch.get_float32_matmul_precision() != "highest" and case != "cpp":
-        dtype = "tf32"
     shrink = SHRINK_FACTOR > 0
-    return costs.units(case, dtype, shrink, c, COST_PARTS[mode], SIMILARITY) * 2 * q * n * c
+    return costs.units(case, costs.cost_dtype(dtype, case), shrink, c, COST_PARTS[mode],
+                       SIMILARITY) * 2 * q * n * c
 
 
 def cases_for(device):

@@ -97,7 +97,7 @@ def time_case(backend, q, n, c, dtype, shrink, device, seconds_of):
     result = {}
     for part, fn in (("forward", run_forward), ("backward", run_backward)):
         seconds = seconds_of(fn)
-        own = costs.units(backend, _cost_dtype(dtype, backend), shrink, c, part)
+        own = costs.units(backend, costs.cost_dtype(dtype, backend), shrink, c, part)
         pair_flops = 2 * q * n * c
         result[part] = dict(ms=seconds * 1e3, own_units=own,
                             own_tflops=own * pair_flops / seconds / 1e12,
@@ -120,13 +120,6 @@ def case_seconds(backend, dtype, shrink, q, n, c, first):
     return seconds + (COMPILE_S if first and backend == "triton" else 0.0)
 
 
-def _cost_dtype(dtype, backend):
-    name = str(dtype).removeprefix("torch.")
-    if name == "float32" and backend == "triton" and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return name
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="the JSON file to write (after every case)")
@@ -143,7 +136,7 @@ def main(argv=None):
     start = time.monotonic()
     shrinks = {"both": (True, False), "on": (True,), "off": (False,)}[args.shrink]
     if args.predict:
-        dtype_name = _cost_dtype(getattr(torch, args.dtype), "triton")
+        dtype_name = costs.cost_dtype(getattr(torch, args.dtype), "triton")
         print(round(sum(case_seconds(b, dtype_name, s, q, n, c, first=i == 0)
                         for b in args.backends.split(",") for s in shrinks
                         for i, (q, n, c) in enumerate(GPU_PERF_SHAPES))))
@@ -180,7 +173,7 @@ def main(argv=None):
                 left = args.budget - (time.monotonic() - start)
                 predicted = 0.0
                 if device.type == "cuda":
-                    predicted = case_seconds(backend, _cost_dtype(dtype, backend), shrink, q, n, c,
+                    predicted = case_seconds(backend, costs.cost_dtype(dtype, backend), shrink, q, n, c,
                                              first=not any(r["backend"] == backend
                                                            and r["shrink"] == shrink
                                                            for r in results["cases"]))
