@@ -222,13 +222,20 @@ def _plans(backend, dtype, shrink, channels, cosine) -> List[dict]:
                      bytes_per_pair=_cpp_bytes_per_pair(dtype))]
     if backend == "cuda":
         chunks = math.ceil(channels / CUDA_COLUMNS[dtype])
-        # Per column chunk the logits (forward twice; backward logits and g·mvᵀ in both
-        # sweeps) over all C channels, and the chunk's share of the read / X, Y / d mk, d mv.
+        # Per column chunk the logits over all C channels (forward: twice with shrinkage, once
+        # in lam = 0's online sweep; backward: logits and g·mvᵀ in both kernels), and the
+        # chunk's share of the read / X (and Y with shrinkage) / d mk and d mv. Bytes: per
+        # swept row, the keys for the logits and the chunk's values (forward); keys and values,
+        # then keys for X and Y (query-major); queries and gradients twice (memory-major).
         b = _bytes(dtype)
-        forward_bytes = (2 * chunks * channels + channels) * b / CUDA_ROWS
-        backward_bytes = 2 * (2 * chunks * channels + channels) * b / CUDA_ROWS
-        return [dict(plan=f"column_chunks_{chunks}", default=True, units_forward=2 * chunks + 1,
-                     units_backward=4 * chunks + 4, bytes_per_pair=forward_bytes + backward_bytes)]
+        sweeps = 2 if shrink else 1
+        forward_bytes = (sweeps * chunks * channels + channels) * b / CUDA_ROWS
+        backward_bytes = (2 * chunks * channels + channels) * b / CUDA_ROWS \
+            + (2 * chunks * channels + 2 * channels) * b / CUDA_ROWS
+        plan = ("two_sweep" if shrink else "online") + f"_column_chunks_{chunks}"
+        return [dict(plan=plan, default=True, units_forward=sweeps * chunks + 1,
+                     units_backward=4 * chunks + (4 if shrink else 3),
+                     bytes_per_pair=forward_bytes + backward_bytes)]
     out = []
     for plan in triton_plans(dtype, shrink, channels):
         costs = {part: [_triton_sweep_cost(s, dtype, channels, cosine) for s in plan[part]]

@@ -6,15 +6,19 @@
 // kChunkK, applies the per-element math of memory_math.h in shared memory, and accumulates
 // O += P V with P the kRows x kSweep tile just computed. Tile products run on tensor cores
 // (WMMA, fp32 accumulation) for float16/bfloat16 and on FFMA for float32/float64.
-//   forward:        sweep 1 online max m and sum l; sweep 2 w = exp((s - m) - log l), h,
-//                   read += h mv, entropy and A' accumulators; read /= max(S, eps).
+//   forward:        lam > 0: sweep 1 online max m and sum l; sweep 2 w = exp((s - m) -
+//                   log l), h, read += h mv and the entropy's sums; read /= max(S, eps).
+//                   lam = 0: one sweep, read += p mv with p = exp(s - m) rescaled when the
+//                   running max m grows (online softmax), read /= l.
 //   query-major:    per query row, X += w (dw - c) mk and Y += w mk, R' = sum w (dw - c) /
-//                   sum w, so d zq = scale (X - R' Y) in one sweep; c = D for lam = 0 (then
-//                   R' ~ 0, which keeps low-precision P tiles well conditioned), else 0.
+//                   sum w, so d zq = scale (X - R' Y) in one sweep (c = 0). lam = 0 shifts
+//                   by c = D, which makes R' zero but for D's rounding: R' = 0, X alone.
 //   memory-major:   per memory slot, d mk += scale w ((dw - c) - R') zq and d mv += a g over
 //                   the queries, with each query's L, S, D, R' known: no atomics,
 //                   deterministic.
-// A C wider than kCols costs one redundant logits pass per extra column chunk.
+// Matrix work per (query, slot), in Q N C products (bench/costs.py): lam = 0 forward 2,
+// backward 3 + 4; lam > 0 forward 3, backward 4 + 4. A C wider than kCols costs one
+// redundant logits pass per extra column chunk (two in each backward kernel).
 // Few rows to own (few queries, or few slots for the memory-major kernel) would leave SMs
 // idle, so the swept side is then split across grid.z (plan_splits) and combined after: the
 // forward's L from the splits' maxima and sums, its read and row sums, the query-major X, Y
@@ -182,6 +186,15 @@ struct FmaEngine {
         for (int j = 0; j < kOCols; ++j) acc.v[i][j] += pv[i] * vv[j];
     }
   }
+  // O row r *= factor[r] (online softmax); registers only, scratch unused.
+  __device__ static void scale_rows(OAcc& acc, const acc_t* factor, acc_t* /*scratch*/,
+                                    int /*ld*/) {
+    const int ty = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < kOCols; ++j) acc.v[i][j] *= factor[2 * ty + i];
+  }
   __device__ static void store(const SAcc& acc, acc_t* s, int lds) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
@@ -254,6 +267,25 @@ struct WmmaEngine {
         nvcuda::wmma::load_matrix_sync(fb, v + k * ldv + col * 16, ldv);
         nvcuda::wmma::mma_sync(acc.f[i], fa, fb, acc.f[i]);
       }
+    }
+  }
+  // O row r *= factor[r] (online softmax). A fragment's element-to-row map is not part of
+  // WMMA's contract, so each warp passes its fragments through their own places in scratch
+  // (kRows x kCols, stride ld); the caller syncs the block before scratch is reused.
+  __device__ static void scale_rows(OAcc& acc, const float* factor, float* scratch, int ld) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int i = 0; i < kOFrags; ++i) {
+      const int frag = warp() + kWarps * i;
+      const int row = frag / kOFragCols, col = frag % kOFragCols;
+      float* tile = scratch + row * 16 * ld + col * 16;
+      nvcuda::wmma::store_matrix_sync(tile, acc.f[i], ld, nvcuda::wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 16 * 16; e += 32) {
+        tile[(e / 16) * ld + e % 16] *= factor[row * 16 + e / 16];
+      }
+      __syncwarp();
+      nvcuda::wmma::load_matrix_sync(acc.f[i], tile, ld, nvcuda::wmma::mem_row_major);
     }
   }
   __device__ static void store(const SAcc& acc, float* s, int lds) {
@@ -400,10 +432,12 @@ __device__ void logits_tiles(const Layout<scalar_t, kOps>& smem, const scalar_t*
 }
 
 // ------------------------------------------------------------------------------ forward
-// Unsplit: each CTA sweeps all slots twice and writes the finished rows. Split over N (few
-// queries): memory_read_row_max_sum_kernel writes each split's running max and sum, the host
-// combines them into L (stats[0]), memory_read_fwd_kernel<kSplit = true> writes each split's
-// unnormalised read and row sums, and memory_read_fwd_combine_kernel finishes the rows.
+// lam > 0, unsplit: each CTA sweeps all slots twice and writes the finished rows. Split over
+// N (few queries): memory_read_row_max_sum_kernel writes each split's running max and sum, the
+// host combines them into L (stats[0]), memory_read_fwd_kernel<kSplit = true> writes each
+// split's unnormalised read and row sums, and memory_read_fwd_combine_kernel finishes the rows.
+// lam = 0: memory_read_fwd_online_kernel sweeps once (online softmax); split, each split keeps
+// its own max and memory_read_fwd_online_combine_kernel rescales them to the top one.
 
 template <typename scalar_t>
 struct FwdArgs {
@@ -413,12 +447,11 @@ struct FwdArgs {
   acc_t* stats;  // (3, Q); with kSplit, stats[0] (L) is an input
   int num_queries, num_slots, channels;
   acc_t scale, lam;
-  bool shrinking;
   int num_splits, slots_per_split;  // grid.z sweeps slots [z, z + 1) * slots_per_split
-  acc_t *part_max, *part_sum;       // (splits, Q): sweep 1 of each split
+  acc_t *part_max, *part_sum;       // (splits, Q): each split's max m and sum l
   const acc_t* row_max_logl;        // (2, Q): the combined m and log l, input of kSplit
   acc_t* part_acc;                  // (splits, Q, C): sweep 2's unnormalised read
-  acc_t* part_rows;                 // (3, splits, Q): sweep 2's row sums
+  acc_t* part_rows;                 // (3, splits, Q): sweep 2's row sums (lam = 0: P alone)
 };
 
 // The rows [begin, end) that grid.z sweeps. per_split is a multiple of kSweep, so only the
@@ -524,7 +557,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   // Sweep 2: weights, read accumulation and the row's entropy terms.
   typename Engine::OAcc out;
   Engine::zero(out);
-  acc_t sum_a = 0, sum_b = 0, num_kept = 0;  // lam = 0: entropy, A' terms; lam > 0: h, h log h
+  acc_t sum_a = 0, sum_b = 0, num_kept = 0;  // sum h, sum h log h
   p_t* p_tile = smem.p_tile(0);
   for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
@@ -537,16 +570,10 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
       if (row_valid && n0 + col < range.end) {
         const acc_t w =
             math::exp_((args.scale * s_tile[row * L::kLdS + col] - row_max) - row_log_l);
-        if (!args.shrinking) {
-          p = w;
-          sum_a += math::entropy_term(w);
-          sum_b += math::a_prime_term(w);
-        } else {
-          p = math::shrink(w, args.lam);
-          sum_a += p;
-          sum_b += math::h_log_h(p);
-          num_kept += p > acc_t(0) ? acc_t(1) : acc_t(0);
-        }
+        p = math::shrink(w, args.lam);
+        sum_a += p;
+        sum_b += math::h_log_h(p);
+        num_kept += p > acc_t(0) ? acc_t(1) : acc_t(0);
       }
       p_tile[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
     }
@@ -570,17 +597,140 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
       args.part_rows[2 * plane + at] = num_kept;
     }
   } else {
-    const math::RowResult<acc_t> result = args.shrinking
-                                              ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
-                                              : math::finish_plain_row(sum_a, sum_b);
+    const math::RowResult<acc_t> result = math::finish_shrunk_row(sum_a, sum_b, num_kept);
     if (lane == 0) {
       row_scale[row] = result.inv_sum;
       if (row_valid && blockIdx.y == 0) {
         args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
         args.stats[q] = row_max + row_log_l;
-        args.stats[int64_t(args.num_queries) + q] = args.shrinking ? sum_a : acc_t(1);
+        args.stats[int64_t(args.num_queries) + q] = sum_a;
         args.stats[2 * int64_t(args.num_queries) + q] = result.a_prime;
       }
+    }
+  }
+  acc_t* stage = smem.stage(0);
+  Engine::store(out, stage, L::kLdO);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
+    const int r = idx / L::kCols, c = idx % L::kCols;
+    if (q0 + r < args.num_queries && c0 + c < args.channels) {
+      if (kSplit) {
+        args.part_acc[(static_cast<int64_t>(blockIdx.z) * args.num_queries + q0 + r) *
+                          args.channels + c0 + c] = stage[r * L::kLdO + c];
+      } else {
+        args.read[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
+            Convert<scalar_t>::from_acc(stage[r * L::kLdO + c] * row_scale[r]);
+      }
+    }
+  }
+}
+
+// lam = 0: the row's entropy and A' = 1 (stats[2]) less the entropy output's rounding, so
+// that the backward's D = g.read + gamma (entropy - A') takes the entropy unrounded: with
+// R' = 0 a 16-bit entropy's rounding (~0.01 at log N ~ 5) would reach d zq as D's error.
+template <typename scalar_t>
+__device__ void finish_online_entropy(const FwdArgs<scalar_t>& args, int q,
+                                      typename Convert<scalar_t>::acc_t entropy) {
+  const scalar_t rounded = Convert<scalar_t>::from_acc(entropy);
+  args.entropy[q] = rounded;
+  args.stats[2 * int64_t(args.num_queries) + q] =
+      1 - (entropy - Convert<scalar_t>::to_acc(rounded));
+}
+
+// lam = 0 in one sweep, FlashAttention's online softmax: per row a running max m, l = sum p
+// and O = sum p mv with p = exp(s - m), and P = sum p (s - m) for the entropy, -sum w log w =
+// log l - P / l (the reference's -sum w log(w + eps) differs by less than N eps), all scaled by
+// alpha = exp(m_old - m_new) when m grows; O only on tiles where some row's max grew (WMMA
+// rescales through shared memory). A' is 1: its eps terms nearly cancel the entropy's in D.
+// Unsplit writes the rows; split writes its m, l, P and unnormalised O.
+template <typename scalar_t, bool kSplit>
+__global__ void __launch_bounds__(kThreads)
+    memory_read_fwd_online_kernel(FwdArgs<scalar_t> args) {
+  using L = Layout<scalar_t, 1>;
+  using Engine = typename L::Engine;
+  using acc_t = typename L::acc_t;
+  using p_t = typename L::p_t;
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
+  const L smem{shared_bytes};
+  const int q0 = blockIdx.x * kRows, c0 = blockIdx.y * L::kCols;
+  const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
+  const int q = q0 + row;
+  const bool row_valid = q < args.num_queries;
+  const SweepRange range =
+      kSplit ? sweep_range(args.num_slots, args.slots_per_split) : SweepRange{0, args.num_slots};
+  const scalar_t* a_ops[1] = {args.zq};
+  const scalar_t* b_ops[1] = {args.mk};
+  const acc_t* s_tile = smem.s_tile(0);
+  p_t* p_tile = smem.p_tile(0);
+  acc_t* row_alpha = smem.stats(0);
+
+  typename Engine::OAcc out;
+  Engine::zero(out);
+  acc_t run_max = -std::numeric_limits<acc_t>::infinity(), run_sum = 0, run_p = 0;
+  for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
+    logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
+                              args.channels);
+    __syncthreads();
+    acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      if (n0 + col < range.end) {
+        const acc_t s = args.scale * s_tile[row * L::kLdS + col];
+        tile_max = s > tile_max ? s : tile_max;
+      }
+    }
+    tile_max = group_max(tile_max);  // finite: every tile has a valid column
+    const acc_t new_max = tile_max > run_max ? tile_max : run_max;
+    acc_t tile_sum = 0, tile_p = 0;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = lane + kGroup * k;
+      acc_t p = 0;
+      if (row_valid && n0 + col < range.end) {
+        const acc_t shifted = args.scale * s_tile[row * L::kLdS + col] - new_max;
+        p = math::exp_(shifted);
+        tile_sum += p;
+        tile_p += p * shifted;
+      }
+      p_tile[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
+    }
+    tile_sum = group_sum(tile_sum);
+    tile_p = group_sum(tile_p);
+    // The first tile (l = 0, m = -inf) has nothing to rescale; the guard keeps inf * 0 out.
+    const bool grew = run_sum > acc_t(0) && new_max > run_max;
+    const acc_t alpha = grew ? math::exp_(run_max - new_max) : acc_t(1);
+    run_p = grew ? alpha * (run_p + (run_max - new_max) * run_sum) + tile_p : run_p + tile_p;
+    run_sum = run_sum * alpha + tile_sum;
+    run_max = new_max;
+    if (lane == 0) row_alpha[row] = alpha;
+    if (__syncthreads_or(grew)) {
+      Engine::scale_rows(out, row_alpha, smem.stage(0), L::kLdO);
+      __syncthreads();  // the staging area is the V tile's too
+    }
+    load_tile(smem.v_tile(0), L::kLdV, args.mv, args.num_slots, args.channels, n0, c0, kSweep,
+              L::kCols);
+    __syncthreads();
+    Engine::mma_nn(out, p_tile, L::kLdP, smem.v_tile(0), L::kLdV);
+    __syncthreads();  // p_tile, row_alpha and the V tile are rewritten next tile
+  }
+
+  acc_t* row_scale = smem.stats(1);
+  if (kSplit) {
+    if (lane == 0 && row_valid && blockIdx.y == 0) {
+      const int64_t at = static_cast<int64_t>(blockIdx.z) * args.num_queries + q;
+      args.part_max[at] = run_max;
+      args.part_sum[at] = run_sum;
+      args.part_rows[at] = run_p;
+    }
+  } else if (lane == 0) {
+    // Rows past Q have l > 0 too (their zero-filled queries give s = 0): finite, unused.
+    row_scale[row] = acc_t(1) / run_sum;
+    if (row_valid && blockIdx.y == 0) {
+      const acc_t log_l = math::log_(run_sum);
+      args.stats[q] = run_max + log_l;
+      args.stats[int64_t(args.num_queries) + q] = acc_t(1);
+      finish_online_entropy(args, q, log_l - run_p / run_sum);
     }
   }
   acc_t* stage = smem.stage(0);
@@ -619,11 +769,9 @@ __global__ void __launch_bounds__(kCombineThreads)
       sum_b += args.part_rows[plane + at];
       num_kept += args.part_rows[2 * plane + at];
     }
-    const math::RowResult<acc_t> result = args.shrinking
-                                              ? math::finish_shrunk_row(sum_a, sum_b, num_kept)
-                                              : math::finish_plain_row(sum_a, sum_b);
+    const math::RowResult<acc_t> result = math::finish_shrunk_row(sum_a, sum_b, num_kept);
     args.entropy[q] = Convert<scalar_t>::from_acc(result.entropy);
-    args.stats[int64_t(args.num_queries) + q] = args.shrinking ? sum_a : acc_t(1);
+    args.stats[int64_t(args.num_queries) + q] = sum_a;
     args.stats[2 * int64_t(args.num_queries) + q] = result.a_prime;
     inv_sum = result.inv_sum;
   }
@@ -636,6 +784,46 @@ __global__ void __launch_bounds__(kCombineThreads)
       total += args.part_acc[split * split_stride + at];
     }
     args.read[at] = Convert<scalar_t>::from_acc(total * inv_sum);
+  }
+}
+
+// One CTA per query row: the online splits' m_k, l_k, P_k and O_k rescaled to m = max m_k
+// (l = sum l_k exp(m_k - m), P likewise with its shift), added in split order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kCombineThreads)
+    memory_read_fwd_online_combine_kernel(FwdArgs<scalar_t> args) {
+  using acc_t = typename Convert<scalar_t>::acc_t;
+  __shared__ acc_t top, inv_sum;
+  const int q = blockIdx.x;
+  const auto at = [&](int split) { return static_cast<int64_t>(split) * args.num_queries + q; };
+  if (threadIdx.x == 0) {
+    acc_t m = -std::numeric_limits<acc_t>::infinity();
+    for (int split = 0; split < args.num_splits; ++split) {
+      m = args.part_max[at(split)] > m ? args.part_max[at(split)] : m;
+    }
+    acc_t l = 0, p = 0;
+    for (int split = 0; split < args.num_splits; ++split) {
+      const acc_t shift = args.part_max[at(split)] - m, factor = math::exp_(shift);
+      l += factor * args.part_sum[at(split)];
+      p += factor * (args.part_rows[at(split)] + shift * args.part_sum[at(split)]);
+    }
+    const acc_t log_l = math::log_(l);
+    args.stats[q] = m + log_l;
+    args.stats[int64_t(args.num_queries) + q] = acc_t(1);
+    finish_online_entropy(args, q, log_l - p / l);
+    top = m;
+    inv_sum = acc_t(1) / l;
+  }
+  __syncthreads();
+  const int64_t split_stride = static_cast<int64_t>(args.num_queries) * args.channels;
+  for (int c = threadIdx.x; c < args.channels; c += kCombineThreads) {
+    const int64_t out_at = static_cast<int64_t>(q) * args.channels + c;
+    acc_t total = 0;
+    for (int split = 0; split < args.num_splits; ++split) {
+      total += math::exp_(args.part_max[at(split)] - top) *
+               args.part_acc[split * split_stride + out_at];
+    }
+    args.read[out_at] = Convert<scalar_t>::from_acc(total * inv_sum);
   }
 }
 
@@ -661,7 +849,11 @@ struct BwdArgs {
   acc_t *part_p, *part_w;           // (splits, Q): sum w (dw - c) and sum w
 };
 
-template <typename scalar_t, bool kSplit>
+// kShrinking (lam > 0): d zq = scale (X - R' Y) with R' from the sweep's sums. lam = 0 takes
+// R' = 0 and accumulates X alone (one product fewer): with the shift c = D, R' is zero but
+// for D's rounding (D comes from the rounded read and entropy), as FlashAttention takes its D
+// from the rounded output.
+template <typename scalar_t, bool kSplit, bool kShrinking>
 __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs<scalar_t> args) {
   using L = Layout<scalar_t, 2>;
   using Engine = typename L::Engine;
@@ -692,13 +884,13 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
         args.stats[2 * plane + q], Convert<scalar_t>::to_acc(args.grad_entropy[q]), g_dot_read);
   }
   const bool with_entropy = row_grad.gamma != acc_t(0);
-  const acc_t shift = args.shrinking ? acc_t(0) : row_grad.d;  // ~R, see the file comment
+  const acc_t shift = kShrinking ? acc_t(0) : row_grad.d;  // ~R, see the file comment
 
   const scalar_t* a_ops[2] = {args.zq, args.grad_read};
   const scalar_t* b_ops[2] = {args.mk, args.mv};
   typename Engine::OAcc x_acc, y_acc;
   Engine::zero(x_acc);
-  Engine::zero(y_acc);
+  if (kShrinking) Engine::zero(y_acc);
   acc_t sum_p = 0, sum_w = 0;
   for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 2>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
@@ -710,7 +902,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
       acc_t p = 0, w = 0;
       if (row_valid && n0 + col < range.end) {
         const math::SlotGrad<acc_t> slot = math::slot_grad(
-            row_grad, args.lam, args.shrinking, with_entropy,
+            row_grad, args.lam, kShrinking, with_entropy,
             args.scale * smem.s_tile(0)[row * L::kLdS + col], smem.s_tile(1)[row * L::kLdS + col]);
         w = slot.w;
         p = slot.w * (slot.dw - shift);
@@ -718,28 +910,32 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
       sum_p += p;
       sum_w += w;
       smem.p_tile(0)[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
-      smem.p_tile(1)[row * L::kLdP + col] = Convert<p_t>::from_acc(w);
+      if (kShrinking) smem.p_tile(1)[row * L::kLdP + col] = Convert<p_t>::from_acc(w);
     }
     load_tile(smem.v_tile(0), L::kLdV, args.mk, args.num_slots, args.channels, n0, c0, kSweep,
               L::kCols);
     __syncthreads();
     Engine::mma_nn(x_acc, smem.p_tile(0), L::kLdP, smem.v_tile(0), L::kLdV);
-    Engine::mma_nn(y_acc, smem.p_tile(1), L::kLdP, smem.v_tile(0), L::kLdV);
+    if (kShrinking) Engine::mma_nn(y_acc, smem.p_tile(1), L::kLdP, smem.v_tile(0), L::kLdV);
     __syncthreads();
   }
 
-  sum_p = group_sum(sum_p);
-  sum_w = group_sum(sum_w);
+  if (kShrinking) {
+    sum_p = group_sum(sum_p);
+    sum_w = group_sum(sum_w);
+  }
   acc_t* row_r = smem.stats(0);
   if (kSplit) {
     if (lane == 0 && row_valid && blockIdx.y == 0) {
       const int64_t at = static_cast<int64_t>(blockIdx.z) * args.num_queries + q;
-      args.part_p[at] = sum_p;
-      args.part_w[at] = sum_w;
+      if (kShrinking) {
+        args.part_p[at] = sum_p;
+        args.part_w[at] = sum_w;
+      }
       if (blockIdx.z == 0) args.row_d[q] = row_grad.d;
     }
   } else {
-    const acc_t r_shifted = row_valid ? math::finish_r(sum_p, sum_w) : acc_t(0);
+    const acc_t r_shifted = kShrinking && row_valid ? math::finish_r(sum_p, sum_w) : acc_t(0);
     if (lane == 0) {
       row_r[row] = r_shifted;
       if (row_valid && blockIdx.y == 0) {
@@ -749,7 +945,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
     }
   }
   Engine::store(x_acc, smem.stage(0), L::kLdO);
-  Engine::store(y_acc, smem.stage(1), L::kLdO);
+  if (kShrinking) Engine::store(y_acc, smem.stage(1), L::kLdO);
   __syncthreads();
   for (int idx = threadIdx.x; idx < kRows * L::kCols; idx += kThreads) {
     const int r = idx / L::kCols, c = idx % L::kCols;
@@ -759,17 +955,18 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
         const int64_t at = (static_cast<int64_t>(blockIdx.z) * args.num_queries + q0 + r) *
                                args.channels + c0 + c;
         args.part_x[at] = smem.stage(0)[s];
-        args.part_y[at] = smem.stage(1)[s];
+        if (kShrinking) args.part_y[at] = smem.stage(1)[s];
       } else {
+        const acc_t x = smem.stage(0)[s];
         args.grad_zq[static_cast<int64_t>(q0 + r) * args.channels + c0 + c] =
-            args.scale * (smem.stage(0)[s] - row_r[r] * smem.stage(1)[s]);
+            args.scale * (kShrinking ? x - row_r[r] * smem.stage(1)[s] : x);
       }
     }
   }
 }
 
-// One CTA per query row: R' from the splits' sums, then d zq = scale (X - R' Y), adding the
-// splits in order (deterministic).
+// One CTA per query row: R' from the splits' sums (lam > 0; else 0), then d zq =
+// scale (X - R' Y), adding the splits in order (deterministic).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kCombineThreads)
     memory_read_bwd_combine_kernel(BwdArgs<scalar_t> args) {
@@ -777,13 +974,16 @@ __global__ void __launch_bounds__(kCombineThreads)
   __shared__ acc_t r_shifted;
   const int q = blockIdx.x;
   if (threadIdx.x == 0) {
-    acc_t sum_p = 0, sum_w = 0;
-    for (int split = 0; split < args.num_splits; ++split) {
-      const int64_t at = static_cast<int64_t>(split) * args.num_queries + q;
-      sum_p += args.part_p[at];
-      sum_w += args.part_w[at];
+    acc_t r = 0;
+    if (args.shrinking) {
+      acc_t sum_p = 0, sum_w = 0;
+      for (int split = 0; split < args.num_splits; ++split) {
+        const int64_t at = static_cast<int64_t>(split) * args.num_queries + q;
+        sum_p += args.part_p[at];
+        sum_w += args.part_w[at];
+      }
+      r = math::finish_r(sum_p, sum_w);
     }
-    const acc_t r = math::finish_r(sum_p, sum_w);
     args.row_r[q] = r;
     r_shifted = r;
   }
@@ -794,9 +994,9 @@ __global__ void __launch_bounds__(kCombineThreads)
     acc_t x = 0, y = 0;
     for (int split = 0; split < args.num_splits; ++split) {
       x += args.part_x[split * split_stride + at];
-      y += args.part_y[split * split_stride + at];
+      if (args.shrinking) y += args.part_y[split * split_stride + at];
     }
-    args.grad_zq[at] = args.scale * (x - r_shifted * y);
+    args.grad_zq[at] = args.scale * (args.shrinking ? x - r_shifted * y : x);
   }
 }
 
@@ -985,28 +1185,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     args.channels = checked_int(channels, "C");
     args.scale = acc_t(1.0 / temperature);
     args.lam = acc_t(shrink_thres);
-    args.shrinking = shrink_thres > 0;
+    const bool shrinking = shrink_thres > 0;
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const int64_t q_blocks = ceil_div(num_queries, kRows);
     const int64_t col_chunks = std::max<int64_t>(1, ceil_div(channels, L::kCols));  // C = 0 too
     const SplitPlan plan = plan_splits(q_blocks * col_chunks, memory.size(0), query);
     args.num_splits = plan.splits;
     args.slots_per_split = plan.per_split;
+    const dim3 grid(q_blocks, col_chunks, plan.splits);
     if (plan.splits == 1) {
-      set_shared_memory(memory_read_fwd_kernel<native_t, false>, L::kBytes, dtype, "forward");
-      launch_kernel(memory_read_fwd_kernel<native_t, false>, dim3(q_blocks, col_chunks),
-                    kThreads, L::kBytes, stream, args);
+      const auto kernel = shrinking ? memory_read_fwd_kernel<native_t, false>
+                                    : memory_read_fwd_online_kernel<native_t, false>;
+      set_shared_memory(kernel, L::kBytes, dtype, "forward");
+      launch_kernel(kernel, grid, kThreads, L::kBytes, stream, args);
       return;
     }
     const auto acc_options = query.options().dtype(acc);
     at::Tensor part_max = at::empty({plan.splits, num_queries}, acc_options);
     at::Tensor part_sum = at::empty({plan.splits, num_queries}, acc_options);
     at::Tensor part_acc = at::empty({plan.splits, num_queries, channels}, acc_options);
-    at::Tensor part_rows = at::empty({3, plan.splits, num_queries}, acc_options);
+    at::Tensor part_rows = at::empty({shrinking ? 3 : 1, plan.splits, num_queries}, acc_options);
     args.part_max = part_max.data_ptr<acc_t>();
     args.part_sum = part_sum.data_ptr<acc_t>();
     args.part_acc = part_acc.data_ptr<acc_t>();
     args.part_rows = part_rows.data_ptr<acc_t>();
+    if (!shrinking) {
+      set_shared_memory(memory_read_fwd_online_kernel<native_t, true>, L::kBytes, dtype,
+                        "forward");
+      launch_kernel(memory_read_fwd_online_kernel<native_t, true>, grid, kThreads, L::kBytes,
+                    stream, args);
+      launch_kernel(memory_read_fwd_online_combine_kernel<native_t>, num_queries,
+                    kCombineThreads, 0, stream, args);
+      return;
+    }
     set_shared_memory(memory_read_row_max_sum_kernel<native_t>, L::kBytes, dtype, "forward");
     launch_kernel(memory_read_row_max_sum_kernel<native_t>, dim3(q_blocks, 1, plan.splits),
                   kThreads, L::kBytes, stream, args);
@@ -1018,8 +1229,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_fwd_cuda(
     stats[0].copy_(top + log_l);
     args.row_max_logl = row_max_logl.data_ptr<acc_t>();
     set_shared_memory(memory_read_fwd_kernel<native_t, true>, L::kBytes, dtype, "forward");
-    launch_kernel(memory_read_fwd_kernel<native_t, true>,
-                  dim3(q_blocks, col_chunks, plan.splits), kThreads, L::kBytes, stream, args);
+    launch_kernel(memory_read_fwd_kernel<native_t, true>, grid, kThreads, L::kBytes, stream,
+                  args);
     launch_kernel(memory_read_fwd_combine_kernel<native_t>, num_queries, kCombineThreads, 0,
                   stream, args);
   });
@@ -1084,26 +1295,33 @@ std::tuple<at::Tensor, at::Tensor> memory_read_bwd_cuda(
     const SplitPlan slot_plan = plan_splits(q_blocks * col_chunks, num_slots, query);
     args.num_splits = slot_plan.splits;
     args.slots_per_split = slot_plan.per_split;
+    const dim3 grid(q_blocks, col_chunks, slot_plan.splits);
+    const auto kernel = [&](bool split) {
+      using Kernel = void (*)(BwdArgs<native_t>);
+      const Kernel kernels[2][2] = {
+          {memory_read_bwd_query_kernel<native_t, false, false>,
+           memory_read_bwd_query_kernel<native_t, false, true>},
+          {memory_read_bwd_query_kernel<native_t, true, false>,
+           memory_read_bwd_query_kernel<native_t, true, true>}};
+      return kernels[split][args.shrinking];
+    };
     at::Tensor part_x, part_y, part_p, part_w;
     if (slot_plan.splits == 1) {
-      set_shared_memory(memory_read_bwd_query_kernel<native_t, false>, L::kBytes, dtype,
-                        "backward");
-      launch_kernel(memory_read_bwd_query_kernel<native_t, false>, dim3(q_blocks, col_chunks),
-                    kThreads, L::kBytes, stream, args);
+      set_shared_memory(kernel(false), L::kBytes, dtype, "backward");
+      launch_kernel(kernel(false), grid, kThreads, L::kBytes, stream, args);
     } else {
       part_x = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
-      part_y = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
-      part_p = at::empty({slot_plan.splits, num_queries}, acc_options);
-      part_w = at::empty({slot_plan.splits, num_queries}, acc_options);
       args.part_x = part_x.data_ptr<acc_t>();
-      args.part_y = part_y.data_ptr<acc_t>();
-      args.part_p = part_p.data_ptr<acc_t>();
-      args.part_w = part_w.data_ptr<acc_t>();
-      set_shared_memory(memory_read_bwd_query_kernel<native_t, true>, L::kBytes, dtype,
-                        "backward");
-      launch_kernel(memory_read_bwd_query_kernel<native_t, true>,
-                    dim3(q_blocks, col_chunks, slot_plan.splits), kThreads, L::kBytes, stream,
-                    args);
+      if (args.shrinking) {  // lam = 0 takes R' = 0 and needs X alone
+        part_y = at::empty({slot_plan.splits, num_queries, channels}, acc_options);
+        part_p = at::empty({slot_plan.splits, num_queries}, acc_options);
+        part_w = at::empty({slot_plan.splits, num_queries}, acc_options);
+        args.part_y = part_y.data_ptr<acc_t>();
+        args.part_p = part_p.data_ptr<acc_t>();
+        args.part_w = part_w.data_ptr<acc_t>();
+      }
+      set_shared_memory(kernel(true), L::kBytes, dtype, "backward");
+      launch_kernel(kernel(true), grid, kThreads, L::kBytes, stream, args);
       launch_kernel(memory_read_bwd_combine_kernel<native_t>, num_queries, kCombineThreads, 0,
                     stream, args);
     }

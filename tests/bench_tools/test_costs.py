@@ -37,9 +37,12 @@ ROOT = Path(__file__).resolve().parents[2]
     # Triton without shrinkage: one online sweep; logits, g·mkᵀ, d zq; memory-major 4
     ("triton", "bfloat16", False, 256, None, (2, 7)),
     ("triton", "float32", False, 512, None, (2, 7)),
-    # CUDA: per 256-channel (16-bit) or 128-channel (float32) chunk the logits again
+    # CUDA with shrinkage: logits twice + read; logits, g·mvᵀ, X, Y; logits, g·mvᵀ, d mk, d mv
     ("cuda", "bfloat16", True, 256, None, (3, 8)),
-    ("cuda", "bfloat16", False, 512, None, (5, 12)),
+    # CUDA at lam = 0: one online sweep; X alone (R' = 0); the memory-major 4
+    ("cuda", "bfloat16", False, 256, None, (2, 7)),
+    # per extra 256-channel (16-bit) or 128-channel (float32) chunk the logits again
+    ("cuda", "bfloat16", False, 512, None, (3, 11)),
     ("cuda", "float32", True, 256, None, (5, 12)),
 ])
 def test_units_match_a_hand_count(backend, dtype, shrink, channels, plan, units):

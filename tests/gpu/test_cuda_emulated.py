@@ -21,7 +21,9 @@ from hypothesis import assume, given, settings, strategies as st
 
 from cases import draw, draw_case, safe_threshold, weights
 from cuda_emulation import ROOT, load_emulated
-from op_checks import CUDA_SHAPES, TEMPERATURE, compare_results, draw_safe
+from memae_fused.backends import cpp as cpp_op
+from op_checks import (CUDA_SHAPES, TEMPERATURE, compare_results, draw_safe,
+                       online_entropy_slack)
 
 H100_SHARED_OPTIN = 232448  # bytes per block
 A100_SHARED_OPTIN = 166912
@@ -63,7 +65,8 @@ def compare(op, query, memory, lam, similarity, tol, seed=0):
             grad_read.to(query.dtype), grad_entropy.to(query.dtype), query, memory, read,
             entropy, stats, lam, cosine, TEMPERATURE))
 
-    return compare_results(run_op, query, memory, lam, similarity, tol, seed)
+    return compare_results(run_op, query, memory, lam, similarity, tol, seed,
+                           entropy_slack=online_entropy_slack(memory.shape[0], lam))
 
 
 def _sweep_cases():
@@ -91,6 +94,47 @@ def test_matches_reference(emulated, shape, dtype, similarity, shrink_factor, mu
     query, memory, lam = draw_safe(*shape, shrink_factor=shrink_factor, similarity=similarity,
                                    dtype=dtype)
     compare(emulated, query, memory, lam, similarity, TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("multiprocessors", [132, 1], ids=["split", "unsplit"])
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_online_forward_rescales_as_the_max_grows(emulated, dtype, multiprocessors, order):
+    """lam = 0's one-sweep forward: slots whose logits rise with their index make every row's
+    running max grow in every 64-slot tile (each tile rescales the read accumulated so far,
+    through shared memory on the WMMA path); falling ones never after the first."""
+    emulated.configure(multiprocessors=multiprocessors, shared_optin_bytes=H100_SHARED_OPTIN,
+                       reverse_schedule=False)
+    gen = torch.Generator().manual_seed(5)
+    n, c = 300, 40
+    query = torch.rand(45, c, generator=gen, dtype=torch.float64) + 0.5
+    base = torch.rand(n, c, generator=gen, dtype=torch.float64) + 0.5
+    gain = torch.linspace(0.2, 0.6, n, dtype=torch.float64)[:, None]
+    memory = base / base.sum(1, keepdim=True) * (gain if order == "ascending" else gain.flip(0))
+    compare(emulated, query.to(dtype), memory.to(dtype), 0.0, "dot", TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("shrink", [False, True], ids=["lam0", "shrink"])
+@pytest.mark.parametrize("channels", [256, 512])
+def test_wmma_work_matches_the_cost_model(emulated, shrink, channels):
+    """The tensor-core multiply-adds of a forward and of a backward, in Q x N x C units, are
+    bench/costs.py's count for the CUDA kernels: whole tiles (64 queries, 128 slots, C a
+    multiple of the 256-column chunk) and one SM, so nothing is padded or split."""
+    from bench import costs
+
+    emulated.configure(multiprocessors=1, shared_optin_bytes=H100_SHARED_OPTIN,
+                       reverse_schedule=False)
+    q, n = 64, 128
+    query, memory, lam = draw_safe(q, n, channels, shrink_factor=2.0 if shrink else 0.0,
+                                   similarity="dot", dtype=torch.bfloat16)
+    emulated.wmma_multiply_adds(reset=True)
+    read, entropy, stats = emulated.memory_read_fwd(query, memory, lam, False, TEMPERATURE)
+    forward = emulated.wmma_multiply_adds(reset=True) / (q * n * channels)
+    emulated.memory_read_bwd(torch.randn_like(read), torch.randn_like(entropy), query, memory,
+                             read, entropy, stats, lam, False, TEMPERATURE)
+    backward = emulated.wmma_multiply_adds(reset=True) / (q * n * channels)
+    row = costs.find("cuda", "bfloat16", shrink, channels, "dot")
+    assert (forward, backward) == (row["units_forward"], row["units_backward"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -239,6 +283,7 @@ def test_emulator_exposes_a_missing_barrier(cuda_emulated):
 
 def test_matches_cpu_kernel(emulated):
     """Forward outputs and saved statistics agree with the C++ CPU kernel's."""
+    assert cpp_op.load_error() is None  # importing it registered torch.ops.memae_fused
     query, memory, lam = draw_safe(300, 2000, 128, shrink_factor=2.0, similarity="cosine",
                                    dtype=torch.float32)
     cpu = torch.ops.memae_fused.memory_read_fwd(query, memory, lam, True, TEMPERATURE)

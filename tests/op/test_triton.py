@@ -14,6 +14,7 @@ import python_ref
 from cases import check_against_reference, draw_case, eager_in_orders
 from memae_fused import memory_read
 from memae_fused.backends import triton as triton_kernels
+from op_checks import online_entropy_slack
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -57,12 +58,6 @@ def run_both(q, n, c, *, similarity, shrink_factor, dtype, temperature=None, sca
     return want, got, eager
 
 
-def online_slack(n, shrink_factor):
-    """The entropy's allowance at lam = 0, where the one-sweep forward computes -sum w log w
-    rather than the reference's -sum w log(w + eps): 0 < w log(1 + eps/w) < eps per slot."""
-    return 0.0 if shrink_factor else n * 1e-12
-
-
 def assert_matches(want, got, eager=None, entropy_slack=0.0, **tol):
     """Element-wise in float64; by whole-tensor error below it (cases.check_against_reference)."""
     for i, name in enumerate(("read", "entropy", "grad_query", "grad_memory")):
@@ -85,7 +80,7 @@ def test_matches_reference(q, n, c, similarity, shrink_factor, dtype):
         shrink_factor = 0.5  # one slot has weight 1: keep it
     want, got, eager = run_both(q, n, c, similarity=similarity, shrink_factor=shrink_factor,
                                 dtype=dtype)
-    assert_matches(want, got, eager, online_slack(n, shrink_factor), **TOL[dtype])
+    assert_matches(want, got, eager, online_entropy_slack(n, shrink_factor), **TOL[dtype])
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
@@ -96,7 +91,7 @@ def test_split_paths_match_reference(monkeypatch, similarity, shrink_factor):
     monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: 3)
     want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
                             dtype=torch.float64)
-    assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
+    assert_matches(want, got, None, online_entropy_slack(301, shrink_factor), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("plan", ["forward_y", "row_term_first"])
@@ -113,7 +108,7 @@ def test_other_backward_plans_match_reference(monkeypatch, similarity, shrink_fa
     monkeypatch.setattr(triton_kernels, "plan_splits", lambda blocks, length, block, dev: splits)
     want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
                             dtype=torch.float64)
-    assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
+    assert_matches(want, got, None, online_entropy_slack(301, shrink_factor), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("plan", ["fused", "forward_y", "row_term_first"])
@@ -138,7 +133,7 @@ def test_atomic_backward_matches_reference(monkeypatch, similarity, shrink_facto
     assert triton_kernels.atomic_backward_enabled()
     want, got, _ = run_both(45, 301, 24, similarity=similarity, shrink_factor=shrink_factor,
                             dtype=torch.float64)
-    assert_matches(want, got, None, online_slack(301, shrink_factor), **TOL[torch.float64])
+    assert_matches(want, got, None, online_entropy_slack(301, shrink_factor), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

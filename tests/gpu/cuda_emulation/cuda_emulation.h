@@ -12,8 +12,8 @@
 // with 0xFF bytes (NaN in every float type) at each block's start, as garbage would be, and a
 // launch asking for more than 48 KiB of it must have raised the kernel's limit first, as on a
 // GPU. WMMA fragments hold the whole 16 x 16 tile in every lane (the kernel never reads their
-// elements), products are accumulated in float, and pointers and strides are checked against
-// WMMA's alignment rules and for being the same in every lane.
+// elements), products are accumulated in float (and their multiply-adds counted), and pointers
+// and strides are checked against WMMA's alignment rules and for being the same in every lane.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -75,6 +75,13 @@ struct Device {
 inline Device& device() {
   static Device d;
   return d;
+}
+
+// Multiply-adds of every WMMA product since the count was last reset (counted once per warp
+// product), for the tests that check the cost model's unit counts.
+inline uint64_t& wmma_multiply_adds() {
+  static uint64_t count = 0;
+  return count;
 }
 
 // Switching between fibers: a few instructions on x86-64 (the callee-saved registers and the
@@ -450,6 +457,29 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t shared_
 
 inline void __syncthreads() { ::cuda_emulation::sync_block(); }
 
+// Every thread's predicate, OR-ed over the block, returned to all once they have arrived.
+inline int __syncthreads_or(int predicate) {
+  ::cuda_emulation::Block& b = ::cuda_emulation::block();
+  const int tid = ::cuda_emulation::linear_thread();
+  b.slots[tid] = predicate != 0;
+  ::cuda_emulation::sync_block();
+  int any = 0;
+  for (uint64_t slot : b.slots) any |= slot != 0;
+  ::cuda_emulation::sync_block();  // the slots are reused by the next collective
+  return any;
+}
+
+// Only the full-warp form, as the kernels use it.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  const int warp = ::cuda_emulation::linear_thread() / ::cuda_emulation::kWarpSize;
+  const unsigned full = ::cuda_emulation::warp_lanes(warp) == ::cuda_emulation::kWarpSize
+                            ? 0xffffffffu
+                            : (1u << ::cuda_emulation::warp_lanes(warp)) - 1u;
+  TORCH_CHECK(mask == full, "cuda_emulation: __syncwarp with mask ", mask, " at ",
+              ::cuda_emulation::where());
+  ::cuda_emulation::sync_warp();
+}
+
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   return ::cuda_emulation::shfl_xor(mask, value, lane_mask);
@@ -508,6 +538,16 @@ void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& frag, const T* pointer,
       frag.tile[r * Frag::cols + c] = kRowMajor ? pointer[r * ldm + c] : pointer[r + c * ldm];
 }
 
+// An accumulator fragment from memory (the layout is an argument, as for stores).
+template <int M, int N, int K, typename T>
+void load_matrix_sync(fragment<accumulator, M, N, K, T>& frag, const T* pointer, unsigned ldm,
+                      layout_t layout) {
+  check_pointer_and_stride(pointer, ldm, sizeof(T), "load_matrix_sync");
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      frag.tile[r * N + c] = pointer[layout == mem_row_major ? r * ldm + c : r + c * ldm];
+}
+
 template <int M, int N, int K, typename T>
 void store_matrix_sync(T* pointer, const fragment<accumulator, M, N, K, T>& frag, unsigned ldm,
                        layout_t layout) {
@@ -545,6 +585,7 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d,
         out[i * N + j] = sum;
       }
     blk.warp_mma_serial[warp] = serial;
+    ::cuda_emulation::wmma_multiply_adds() += uint64_t(M) * N * K;
   }
   std::copy(out, out + M * N, d.tile);
   ::cuda_emulation::sync_warp();  // the buffer is reused by the warp's next product

@@ -65,6 +65,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "memory per block, and the order threads run in between barriers.",
       pybind11::arg("multiprocessors"), pybind11::arg("shared_optin_bytes"),
       pybind11::arg("reverse_schedule"));
+  m.def(
+      "wmma_multiply_adds",
+      [](bool reset) {
+        const uint64_t count = cuda_emulation::wmma_multiply_adds();
+        if (reset) cuda_emulation::wmma_multiply_adds() = 0;
+        return count;
+      },
+      "The multiply-adds of the WMMA products run since the last reset; reset=True starts "
+      "the count again.",
+      pybind11::arg("reset") = false);
   m.def("self_test", &emulation_self_test::run,
         "Runs one of the deliberately broken kernels: divergent_barrier, misaligned_wmma, "
         "out_of_bounds (for AddressSanitizer) or missing_barrier (whose output depends on "
