@@ -18,7 +18,8 @@ exp(s - m)·mv against a running max m and is rescaled when m grows; the entropy
 P = sum exp(s - m)·(s - m), rescaled the same way, as log l - P / l. That is -sum w log w,
 where the reference takes -sum w log(w + eps): the two differ by sum w log(1 + eps/w), less
 than N·eps (eps = 1e-12), and A' (sum w²/(w + eps)) is taken as 1, its eps terms nearly
-cancelling those of the entropy in D.
+cancelling those of the entropy in D; A' is saved less the rounding of a 16-bit entropy
+output, so that D (below) carries the entropy unrounded.
 
 The backward recomputes the logits, FlashAttention style. The per-row reduction
 D = sum_j a_j·dL/da_j equals g·read + gamma·(entropy - A'), computed up front from the
@@ -30,7 +31,7 @@ the forward instead ("forward_y": its first sweep, which has no C-wide accumulat
 own, accumulates Y online and saves it) and the kernel keeps X and R; without a saved Y it
 runs twice: R alone, then d(query) = sum w·(dw - R)·mk with one accumulator. For lam = 0
 dL/dw is shifted by -D first, which leaves the gradients unchanged and makes R zero but for
-D's rounding (D comes from the rounded read and entropy): the lam = 0 plan ("dquery_only")
+D's rounding (D comes from the rounded read): the lam = 0 plan ("dquery_only")
 takes R = 0, as FlashAttention takes its D from the rounded output (16-bit errors stay
 within eager PyTorch's in the same precision), and needs one query-major sweep with one
 accumulator. A memory-major kernel recomputes the tiles once more with every row's m, l, S,
@@ -248,14 +249,16 @@ def _fwd_kernel(ZQ, MK, MV, READ, ENT, STATS, Y, PART_ACC, PART_STATS, PARAMS,
             row_logl = tl.log(l_i)
             read = acc / l_i[:, None]
             ent = row_logl - p_i / l_i
+            ent_out = ent.to(ENT.dtype.element_ty)
             tl.store(READ + offs_q[:, None] * C + offs_c[None, :], read.to(READ.dtype.element_ty),
                      mask=mask_qc)
-            tl.store(ENT + offs_q, ent.to(ENT.dtype.element_ty), mask=mask_q)
+            tl.store(ENT + offs_q, ent_out, mask=mask_q)
             one = tl.full([BLOCK_Q], 1.0, dtype=scale.dtype)
             tl.store(STATS + offs_q, row_max, mask=mask_q)
             tl.store(STATS + Q + offs_q, row_logl, mask=mask_q)
             tl.store(STATS + 2 * Q + offs_q, one, mask=mask_q)
-            tl.store(STATS + 3 * Q + offs_q, one, mask=mask_q)
+            # A' = 1 less the entropy output's rounding (see the module docstring)
+            tl.store(STATS + 3 * Q + offs_q, 1.0 - (ent - ent_out.to(scale.dtype)), mask=mask_q)
     else:
         if SPLIT:
             row_max = tl.load(STATS + offs_q, mask=mask_q, other=0.0)
@@ -801,9 +804,11 @@ def triton_memory_read_fwd(query: torch.Tensor, memory: torch.Tensor, shrink_thr
         p_sum = (alpha * (part_p + (part_max - top) * part_l)).sum(dim=0)
         stats[0] = top
         stats[1] = torch.log(l_sum)
-        stats[2:] = 1.0
+        stats[2] = 1.0
         read.copy_((alpha[:, :, None] * part_acc).sum(dim=0) / l_sum[:, None])
-        entropy.copy_(stats[1] - p_sum / l_sum)
+        full_entropy = stats[1] - p_sum / l_sum
+        entropy.copy_(full_entropy)
+        stats[3] = 1.0 - (full_entropy - entropy.to(acc_dtype))
         return read, entropy, stats, y
 
     part_max = torch.empty((splits, q), dtype=acc_dtype, device=query.device)

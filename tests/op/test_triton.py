@@ -254,6 +254,28 @@ def test_low_precision_close_to_eager_same_precision(dtype, similarity, shrink_f
     assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_lam0_with_near_parallel_slots(dtype):
+    # Slots nearly parallel make d(query) a small difference of large terms, which any error
+    # in D (R = 0 at lam = 0) multiplies by |Y|; D's entropy term must then not come from the
+    # 16-bit entropy output (the saved A' absorbs its rounding).
+    gen = torch.Generator().manual_seed(5)
+    n, c = 300, 40
+    query = (torch.rand(45, c, generator=gen, dtype=torch.float64) + 0.5).to(dtype).double()
+    base = torch.rand(n, c, generator=gen, dtype=torch.float64) + 0.5
+    gain = torch.linspace(0.2, 0.6, n, dtype=torch.float64)[:, None]
+    memory = (base / base.sum(1, keepdim=True) * gain).to(dtype).double()
+    grad_read, grad_ent = torch.randn(45, c, dtype=torch.float64), torch.randn(45, dtype=torch.float64)
+    args = (0.0, "dot", 0.1)
+    want = grads_of(query, memory, *args, python_ref.memory_read, grad_read, grad_ent)
+    got = grads_of(query.to(DEVICE, dtype), memory.to(DEVICE, dtype), *args,
+                   lambda *a, **k: memory_read(*a, backend="triton", **k), grad_read, grad_ent)
+    eager = eager_in_orders(
+        lambda *inputs: grads_of(*inputs[:2], *args, python_ref.memory_read, *inputs[2:]),
+        query.to(dtype), memory.to(dtype), grad_read, grad_ent)
+    assert_matches(want, got, eager, rtol=1e-2, atol=1e-4)
+
+
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
 def test_float32_follows_tf32_setting(similarity):
     # "high" lets float32 products use TF32 on a GPU (the interpreter computes them in float32
