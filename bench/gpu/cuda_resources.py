@@ -29,29 +29,30 @@ THREADS = 256
 REGISTERS_PER_SM = 65536
 # (registers, stack bytes) of each tiled kernel on sm_90 with nvcc 13.0, as committed; a
 # kernel's template variants (split or not; the query-major kernel's lam = 0 or shrinking) share
-# a line (the largest of them). The lam = 0 query-major variants, without Y, take 80-95
-# registers (the shrinking ones 128-174), and 8-16 stack bytes in float32.
+# a line (the largest of them). The 16-bit query-major variants at lam = 0, without Y, take
+# 75-87 registers (the shrinking ones 159-173). The tile copies' loops are kept rolled
+# (#pragma unroll 1): unrolled, their 16-byte cp.async copies held up to 255 registers.
 CEILINGS = {
     "memory_read_fwd_kernel<float>": (64, 8),
-    "memory_read_fwd_kernel<double>": (97, 16),
-    "memory_read_fwd_kernel<__half>": (128, 0),
-    "memory_read_fwd_kernel<__nv_bfloat16>": (128, 32),
-    "memory_read_fwd_online_kernel<float>": (64, 0),
-    "memory_read_fwd_online_kernel<double>": (80, 16),
-    "memory_read_fwd_online_kernel<__half>": (128, 0),
-    "memory_read_fwd_online_kernel<__nv_bfloat16>": (128, 48),
-    "memory_read_row_max_sum_kernel<float>": (60, 0),
-    "memory_read_row_max_sum_kernel<double>": (68, 0),
-    "memory_read_row_max_sum_kernel<__half>": (40, 0),
-    "memory_read_row_max_sum_kernel<__nv_bfloat16>": (64, 0),
-    "memory_read_bwd_query_kernel<float>": (128, 16),
+    "memory_read_fwd_kernel<double>": (84, 0),
+    "memory_read_fwd_kernel<__half>": (79, 0),
+    "memory_read_fwd_kernel<__nv_bfloat16>": (72, 0),
+    "memory_read_fwd_online_kernel<float>": (69, 0),
+    "memory_read_fwd_online_kernel<double>": (76, 0),
+    "memory_read_fwd_online_kernel<__half>": (85, 0),
+    "memory_read_fwd_online_kernel<__nv_bfloat16>": (85, 0),
+    "memory_read_row_max_sum_kernel<float>": (40, 0),
+    "memory_read_row_max_sum_kernel<double>": (62, 0),
+    "memory_read_row_max_sum_kernel<__half>": (39, 0),
+    "memory_read_row_max_sum_kernel<__nv_bfloat16>": (32, 0),
+    "memory_read_bwd_query_kernel<float>": (80, 0),
     "memory_read_bwd_query_kernel<double>": (128, 8),
-    "memory_read_bwd_query_kernel<__half>": (166, 0),
-    "memory_read_bwd_query_kernel<__nv_bfloat16>": (174, 0),
-    "memory_read_bwd_memory_kernel<float>": (128, 0),
-    "memory_read_bwd_memory_kernel<double>": (128, 8),
-    "memory_read_bwd_memory_kernel<__half>": (168, 0),
-    "memory_read_bwd_memory_kernel<__nv_bfloat16>": (176, 0),
+    "memory_read_bwd_query_kernel<__half>": (162, 0),
+    "memory_read_bwd_query_kernel<__nv_bfloat16>": (173, 0),
+    "memory_read_bwd_memory_kernel<float>": (80, 0),
+    "memory_read_bwd_memory_kernel<double>": (100, 0),
+    "memory_read_bwd_memory_kernel<__half>": (166, 0),
+    "memory_read_bwd_memory_kernel<__nv_bfloat16>": (172, 0),
 }
 
 

@@ -5,7 +5,8 @@
 // tile it computes the logits S = A B^T (and in the backward G = g mv^T) over C in chunks of
 // kChunkK, applies the per-element math of memory_math.h in shared memory, and accumulates
 // O += P V with P the kRows x kSweep tile just computed. Tile products run on tensor cores
-// (WMMA, fp32 accumulation) for float16/bfloat16 and on FFMA for float32/float64.
+// (WMMA, fp32 accumulation) for float16/bfloat16 and on FFMA for float32/float64. Tiles come
+// in by 16-byte cp.async copies, the logits chunks double-buffered (logits_tiles).
 //   forward:        lam > 0: sweep 1 online max m and sum l; sweep 2 w = exp((s - m) -
 //                   log l), h, read += h mv and the entropy's sums; read /= max(S, eps).
 //                   lam = 0: one sweep, read += p mv with p = exp(s - m) rescaled when the
@@ -36,6 +37,7 @@
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuSPARSE headers
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 #define MEMAE_DYNAMIC_SHARED(name) extern __shared__ __align__(128) char name[]
 #endif
@@ -270,15 +272,14 @@ struct WmmaEngine {
     }
   }
   // O row r *= factor[r] (online softmax). A fragment's element-to-row map is not part of
-  // WMMA's contract, so each warp passes its fragments through their own places in scratch
-  // (kRows x kCols, stride ld); the caller syncs the block before scratch is reused.
+  // WMMA's contract, so each warp passes its fragments, one after another, through its own
+  // 16 x 16 place in scratch (a kRows x kSweep tile, stride ld: warp w's logits fragment's).
   __device__ static void scale_rows(OAcc& acc, const float* factor, float* scratch, int ld) {
     const int lane = threadIdx.x % 32;
+    float* tile = scratch + (warp() / kSFragCols) * 16 * ld + (warp() % kSFragCols) * 16;
 #pragma unroll
     for (int i = 0; i < kOFrags; ++i) {
-      const int frag = warp() + kWarps * i;
-      const int row = frag / kOFragCols, col = frag % kOFragCols;
-      float* tile = scratch + row * 16 * ld + col * 16;
+      const int row = (warp() + kWarps * i) / kOFragCols;
       nvcuda::wmma::store_matrix_sync(tile, acc.f[i], ld, nvcuda::wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 16 * 16; e += 32) {
@@ -286,6 +287,7 @@ struct WmmaEngine {
       }
       __syncwarp();
       nvcuda::wmma::load_matrix_sync(acc.f[i], tile, ld, nvcuda::wmma::mem_row_major);
+      __syncwarp();  // the next fragment's store reuses the place
     }
   }
   __device__ static void store(const SAcc& acc, float* s, int lds) {
@@ -338,7 +340,9 @@ struct EngineCols<WmmaEngine<T, kC>> {
 
 // ------------------------------------------------------------------------ shared memory
 // kOps = 1 (forward) or 2 (backward: two logits tiles, two P tiles, two output tiles).
-// The logits chunk buffers, the V tiles and the epilogue staging share one region.
+// The logits chunk buffers (kStages of them, double-buffered but in float64, whose second
+// stage would take the backward past an A100's 163 KiB), the V tiles and the epilogue staging
+// share one region.
 constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
 
 template <typename scalar_t, int kOps>
@@ -347,6 +351,7 @@ struct Layout {
   using acc_t = typename Engine::acc_t;
   using p_t = typename Engine::p_t;
   static constexpr int kCols = EngineCols<Engine>::value;
+  static constexpr int kStages = sizeof(scalar_t) == 8 ? 1 : 2;
   static constexpr int kLdK = kChunkK + pad_of<scalar_t>();
   static constexpr int kLdV = kCols + pad_of<scalar_t>();
   static constexpr int kLdS = kSweep + pad_of<acc_t>();
@@ -359,20 +364,30 @@ struct Layout {
   static constexpr size_t kStage = align128(sizeof(acc_t) * kRows * kLdO);
   static constexpr size_t kSTile = align128(sizeof(acc_t) * kRows * kLdS);
   static constexpr size_t kPTile = align128(sizeof(p_t) * kRows * kLdP);
+  static constexpr size_t kChunks = kChunkA + kChunkB;  // one op's chunk pair
   static constexpr size_t kShared = std::max(
-      {kOps * (kChunkA + kChunkB), kOps * kVTile, kOps * kStage});
+      {kStages * kOps * kChunks, kOps * kVTile, kOps * kStage});
   static constexpr size_t kSOffset = kShared;
   static constexpr size_t kPOffset = kSOffset + kOps * kSTile;
   static constexpr size_t kStatsOffset = kPOffset + kOps * kPTile;
   static constexpr int kStatsCount = 5 * kSweep;  // per-row or per-column values
-  static constexpr size_t kBytes = kStatsOffset + align128(sizeof(acc_t) * kStatsCount);
+  // The forward keeps its owned query rows, every channel, for the whole sweep when C <=
+  // kResidentCols, so that the logits chunks copy the swept rows alone (16-bit: 17 KiB,
+  // float32: 33 KiB; float64 and the backward, whose two owned operands would double it,
+  // copy both sides per chunk).
+  static constexpr int kResidentCols = kOps == 1 && sizeof(scalar_t) <= 4 ? 256 : 0;
+  static constexpr int kLdR = kResidentCols + pad_of<scalar_t>();
+  static constexpr size_t kResidentOffset =
+      kStatsOffset + align128(sizeof(acc_t) * kStatsCount);
+  static constexpr size_t kBytes =
+      kResidentOffset + (kResidentCols ? align128(sizeof(scalar_t) * kRows * kLdR) : 0);
 
   char* base;
-  __device__ scalar_t* chunk_a(int op) const {
-    return reinterpret_cast<scalar_t*>(base + op * (kChunkA + kChunkB));
+  __device__ scalar_t* chunk_a(int op, int stage) const {
+    return reinterpret_cast<scalar_t*>(base + (stage * kOps + op) * kChunks);
   }
-  __device__ scalar_t* chunk_b(int op) const {
-    return reinterpret_cast<scalar_t*>(base + op * (kChunkA + kChunkB) + kChunkA);
+  __device__ scalar_t* chunk_b(int op, int stage) const {
+    return reinterpret_cast<scalar_t*>(base + (stage * kOps + op) * kChunks + kChunkA);
   }
   __device__ scalar_t* v_tile(int op) const {
     return reinterpret_cast<scalar_t*>(base + op * kVTile);
@@ -387,45 +402,120 @@ struct Layout {
   __device__ acc_t* stats(int index) const {
     return reinterpret_cast<acc_t*>(base + kStatsOffset) + index * kSweep;
   }
+  __device__ scalar_t* resident() const {
+    return reinterpret_cast<scalar_t*>(base + kResidentOffset);
+  }
 };
 
-// Copies rows [row0, row0 + rows) x columns [col0, col0 + cols) of a row-major
-// (num_rows x num_cols) matrix into shared memory, zero outside the matrix.
+// Starts copying rows [row0, row0 + rows) x columns [col0, col0 + cols) of a row-major
+// (num_rows x num_cols) matrix into shared memory (stride ldd), zero outside the matrix. Where
+// the matrix's rows are whole 16-byte vectors (num_cols a multiple of 16 bytes, src aligned),
+// each thread issues 16-byte cp.async copies (cols, col0 and ldd are multiples of a vector, so
+// a vector is all inside or all outside the matrix); else plain loads of one element. Either
+// way the caller commits, waits (__pipeline_wait_prior) and syncs before the tile is read.
+// Both loops stay rolled: unrolled, the copies' addresses took up to 255 registers (sm_90),
+// and the kernel's allocation is the larger of the two paths'.
 template <typename T>
-__device__ void load_tile(T* dst, int ldd, const T* src, int num_rows, int num_cols, int row0,
-                          int col0, int rows, int cols) {
-  const T zero = Convert<T>::from_acc(0.0f);
-  for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
-    const int r = idx / cols, c = idx % cols;
+__device__ void copy_tile_async(T* dst, int ldd, const T* src, int num_rows, int num_cols,
+                                int row0, int col0, int rows, int cols) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  if (num_cols % kVec != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    const T zero = Convert<T>::from_acc(0.0f);
+#pragma unroll 1
+    for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
+      const int r = idx / cols, c = idx % cols;
+      const int gr = row0 + r, gc = col0 + c;
+      dst[r * ldd + c] = (gr < num_rows && gc < num_cols)
+                             ? src[static_cast<int64_t>(gr) * num_cols + gc] : zero;
+    }
+    return;
+  }
+  const int vectors = cols / kVec;
+#pragma unroll 1
+  for (int idx = threadIdx.x; idx < rows * vectors; idx += kThreads) {
+    const int r = idx / vectors, c = idx % vectors * kVec;
     const int gr = row0 + r, gc = col0 + c;
-    dst[r * ldd + c] =
-        (gr < num_rows && gc < num_cols) ? src[static_cast<int64_t>(gr) * num_cols + gc] : zero;
+    T* to = dst + r * ldd + c;
+    if (gr < num_rows && gc < num_cols) {
+      __pipeline_memcpy_async(to, src + static_cast<int64_t>(gr) * num_cols + gc, 16);
+    } else {
+      *reinterpret_cast<uint4*>(to) = make_uint4(0u, 0u, 0u, 0u);
+    }
   }
 }
 
-// S[op] = A_op[a0:a0+kRows] B_op[b0:b0+kSweep]^T over all C channels, for op < kOps.
-// Ends with the tiles stored; the caller syncs before reading them.
+// Chunk [k0, k0 + kChunkK) of every op's A and B rows into the given stage, as one group.
+// With resident rows (resident_rows), the A rows are not copied.
+template <typename scalar_t, int kOps>
+__device__ void issue_chunk(const Layout<scalar_t, kOps>& smem, const scalar_t* const* a,
+                            int a_rows, int a0, const scalar_t* const* b, int b_rows, int b0,
+                            int channels, int k0, int stage, bool resident) {
+  using L = Layout<scalar_t, kOps>;
+#pragma unroll
+  for (int op = 0; op < kOps; ++op) {
+    if (!resident) {
+      copy_tile_async(smem.chunk_a(op, stage), L::kLdK, a[op], a_rows, channels, a0, k0, kRows,
+                      kChunkK);
+    }
+    copy_tile_async(smem.chunk_b(op, stage), L::kLdK, b[op], b_rows, channels, b0, k0, kSweep,
+                    kChunkK);
+  }
+  __pipeline_commit();
+}
+
+// The forward's owned rows a[a0:a0+kRows] into the resident tile when they fit (see
+// Layout::kResidentCols), zero-padded to whole chunks; their copy lands with the first
+// chunk's. Returns whether they are resident (uniform over the block).
+template <typename scalar_t>
+__device__ bool resident_rows(const Layout<scalar_t, 1>& smem, const scalar_t* a, int a_rows,
+                              int a0, int channels) {
+  using L = Layout<scalar_t, 1>;
+  if (L::kResidentCols == 0 || channels == 0 || channels > L::kResidentCols) return false;
+  const int cols = (channels + kChunkK - 1) / kChunkK * kChunkK;
+  copy_tile_async(smem.resident(), L::kLdR, a, a_rows, channels, a0, 0, kRows, cols);
+  __pipeline_commit();
+  return true;
+}
+
+// S[op] = A_op[a0:a0+kRows] B_op[b0:b0+kSweep]^T over all C channels, for op < kOps, with
+// one barrier per channel chunk: chunk k + 1 is copied (cp.async) while chunk k multiplies.
+// The barrier that opens chunk k both publishes it and tells every thread that chunk k - 1's
+// stage, the one chunk k + 1 goes to, has been read. With one stage (float64) the next chunk
+// is copied after a second barrier. The first copy needs a barrier after any earlier reader
+// of the shared region (the callers end every tile with one). With `resident`, A comes from
+// the resident tile. Ends with the tiles stored; the caller syncs before reading them.
 template <typename scalar_t, int kOps>
 __device__ void logits_tiles(const Layout<scalar_t, kOps>& smem, const scalar_t* const* a,
                              int a_rows, int a0, const scalar_t* const* b, int b_rows, int b0,
-                             int channels) {
+                             int channels, bool resident = false) {
   using Engine = typename Layout<scalar_t, kOps>::Engine;
   using L = Layout<scalar_t, kOps>;
   typename Engine::SAcc acc[kOps];
 #pragma unroll
   for (int op = 0; op < kOps; ++op) Engine::zero(acc[op]);
-  for (int k0 = 0; k0 < channels; k0 += kChunkK) {
-#pragma unroll
-    for (int op = 0; op < kOps; ++op) {
-      load_tile(smem.chunk_a(op), L::kLdK, a[op], a_rows, channels, a0, k0, kRows, kChunkK);
-      load_tile(smem.chunk_b(op), L::kLdK, b[op], b_rows, channels, b0, k0, kSweep, kChunkK);
-    }
+  resident = L::kResidentCols > 0 && resident;  // a constant where there is no resident tile
+  const int chunks = (channels + kChunkK - 1) / kChunkK;
+  if (chunks > 0) issue_chunk(smem, a, a_rows, a0, b, b_rows, b0, channels, 0, 0, resident);
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    const int stage = chunk % L::kStages;
+    __pipeline_wait_prior(0);
     __syncthreads();
+    if (L::kStages > 1 && chunk + 1 < chunks) {
+      issue_chunk(smem, a, a_rows, a0, b, b_rows, b0, channels, (chunk + 1) * kChunkK,
+                  (chunk + 1) % L::kStages, resident);
+    }
 #pragma unroll
     for (int op = 0; op < kOps; ++op) {
-      Engine::mma_nt(acc[op], smem.chunk_a(op), L::kLdK, smem.chunk_b(op), L::kLdK);
+      const scalar_t* a_tile = resident ? smem.resident() + chunk * kChunkK
+                                        : smem.chunk_a(op, stage);
+      Engine::mma_nt(acc[op], a_tile, resident ? L::kLdR : L::kLdK, smem.chunk_b(op, stage),
+                     L::kLdK);
     }
-    __syncthreads();  // chunk buffers are reloaded next iteration
+    if (L::kStages == 1 && chunk + 1 < chunks) {
+      __syncthreads();  // the one stage is rewritten
+      issue_chunk(smem, a, a_rows, a0, b, b_rows, b0, channels, (chunk + 1) * kChunkK, 0,
+                  resident);
+    }
   }
 #pragma unroll
   for (int op = 0; op < kOps; ++op) Engine::store(acc[op], smem.s_tile(op), L::kLdS);
@@ -467,7 +557,8 @@ __device__ __forceinline__ SweepRange sweep_range(int length, int per_split) {
 // Sweep 1 over range: running max and sum of exp of the row's scaled logits.
 template <typename scalar_t>
 __device__ void row_max_sum(const Layout<scalar_t, 1>& smem, const FwdArgs<scalar_t>& args,
-                            int q0, SweepRange range, typename Convert<scalar_t>::acc_t& run_max,
+                            int q0, SweepRange range, bool resident,
+                            typename Convert<scalar_t>::acc_t& run_max,
                             typename Convert<scalar_t>::acc_t& run_sum) {
   using L = Layout<scalar_t, 1>;
   using acc_t = typename L::acc_t;
@@ -479,7 +570,7 @@ __device__ void row_max_sum(const Layout<scalar_t, 1>& smem, const FwdArgs<scala
   run_sum = 0;
   for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
-                              args.channels);
+                              args.channels, resident);
     __syncthreads();
     acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
 #pragma unroll
@@ -516,7 +607,9 @@ __global__ void __launch_bounds__(kThreads)
   const int q0 = blockIdx.x * kRows;
   const int row = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
   acc_t run_max, run_sum;
-  row_max_sum(smem, args, q0, sweep_range(args.num_slots, args.slots_per_split), run_max, run_sum);
+  const bool resident = resident_rows(smem, args.zq, args.num_queries, q0, args.channels);
+  row_max_sum(smem, args, q0, sweep_range(args.num_slots, args.slots_per_split), resident,
+              run_max, run_sum);
   if (lane == 0 && q0 + row < args.num_queries) {
     const int64_t at = static_cast<int64_t>(blockIdx.z) * args.num_queries + q0 + row;
     args.part_max[at] = run_max;
@@ -542,6 +635,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   const scalar_t* b_ops[1] = {args.mk};
   const acc_t* s_tile = smem.s_tile(0);
 
+  const bool resident = resident_rows(smem, args.zq, args.num_queries, q0, args.channels);
   // w = exp((s - m) - log l), not exp(s - L): L = m + log l rounded (|L| up to ~1/tau) would
   // cost every weight ulp(L)/2 relative error, and near one-hot rows' entropy far more.
   acc_t row_max, row_log_l;
@@ -550,7 +644,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
     row_log_l = row_valid ? args.row_max_logl[int64_t(args.num_queries) + q] : acc_t(0);
   } else {
     acc_t run_sum;
-    row_max_sum(smem, args, q0, range, row_max, run_sum);
+    row_max_sum(smem, args, q0, range, resident, row_max, run_sum);
     row_log_l = math::log_(run_sum);
   }
 
@@ -561,8 +655,13 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
   p_t* p_tile = smem.p_tile(0);
   for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
-                              args.channels);
+                              args.channels, resident);
     __syncthreads();
+    // The V tile's copy runs during the element-wise phase (the chunk buffers it reuses are
+    // read: the barrier above).
+    copy_tile_async(smem.v_tile(0), L::kLdV, args.mv, args.num_slots, args.channels, n0, c0,
+                    kSweep, L::kCols);
+    __pipeline_commit();
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
@@ -577,8 +676,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_fwd_kernel(FwdArgs<scala
       }
       p_tile[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
     }
-    load_tile(smem.v_tile(0), L::kLdV, args.mv, args.num_slots, args.channels, n0, c0, kSweep,
-              L::kCols);
+    __pipeline_wait_prior(0);
     __syncthreads();
     Engine::mma_nn(out, p_tile, L::kLdP, smem.v_tile(0), L::kLdV);
     __syncthreads();  // p_tile and the V tile are rewritten next tile
@@ -641,7 +739,8 @@ __device__ void finish_online_entropy(const FwdArgs<scalar_t>& args, int q,
 // and O = sum p mv with p = exp(s - m), and P = sum p (s - m) for the entropy, -sum w log w =
 // log l - P / l (the reference's -sum w log(w + eps) differs by less than N eps), all scaled by
 // alpha = exp(m_old - m_new) when m grows; O only on tiles where some row's max grew (WMMA
-// rescales through shared memory). A' is 1: its eps terms nearly cancel the entropy's in D.
+// rescales through the spent logits tile). A' is 1 (the reference's eps terms nearly cancel
+// the entropy's in D) less the entropy output's rounding (finish_online_entropy).
 // Unsplit writes the rows; split writes its m, l, P and unnormalised O.
 template <typename scalar_t, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
@@ -663,14 +762,18 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t* s_tile = smem.s_tile(0);
   p_t* p_tile = smem.p_tile(0);
   acc_t* row_alpha = smem.stats(0);
+  const bool resident = resident_rows(smem, args.zq, args.num_queries, q0, args.channels);
 
   typename Engine::OAcc out;
   Engine::zero(out);
   acc_t run_max = -std::numeric_limits<acc_t>::infinity(), run_sum = 0, run_p = 0;
   for (int n0 = range.begin; n0 < range.end; n0 += kSweep) {
     logits_tiles<scalar_t, 1>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
-                              args.channels);
+                              args.channels, resident);
     __syncthreads();
+    copy_tile_async(smem.v_tile(0), L::kLdV, args.mv, args.num_slots, args.channels, n0, c0,
+                    kSweep, L::kCols);
+    __pipeline_commit();
     acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
@@ -704,13 +807,10 @@ __global__ void __launch_bounds__(kThreads)
     run_sum = run_sum * alpha + tile_sum;
     run_max = new_max;
     if (lane == 0) row_alpha[row] = alpha;
-    if (__syncthreads_or(grew)) {
-      Engine::scale_rows(out, row_alpha, smem.stage(0), L::kLdO);
-      __syncthreads();  // the staging area is the V tile's too
-    }
-    load_tile(smem.v_tile(0), L::kLdV, args.mv, args.num_slots, args.channels, n0, c0, kSweep,
-              L::kCols);
-    __syncthreads();
+    __pipeline_wait_prior(0);
+    // One barrier publishes the V tile, P and alpha, and frees the logits tile, through which
+    // the WMMA engine rescales (each warp in its own part, no further barrier).
+    if (__syncthreads_or(grew)) Engine::scale_rows(out, row_alpha, smem.s_tile(0), L::kLdS);
     Engine::mma_nn(out, p_tile, L::kLdP, smem.v_tile(0), L::kLdV);
     __syncthreads();  // p_tile, row_alpha and the V tile are rewritten next tile
   }
@@ -724,7 +824,7 @@ __global__ void __launch_bounds__(kThreads)
       args.part_rows[at] = run_p;
     }
   } else if (lane == 0) {
-    // Rows past Q have l > 0 too (their zero-filled queries give s = 0): finite, unused.
+    // Rows past Q (p = 0, so l = 0) get inf; the epilogue writes rows below Q only.
     row_scale[row] = acc_t(1) / run_sum;
     if (row_valid && blockIdx.y == 0) {
       const acc_t log_l = math::log_(run_sum);
@@ -851,8 +951,8 @@ struct BwdArgs {
 
 // kShrinking (lam > 0): d zq = scale (X - R' Y) with R' from the sweep's sums. lam = 0 takes
 // R' = 0 and accumulates X alone (one product fewer): with the shift c = D, R' is zero but
-// for D's rounding (D comes from the rounded read and entropy), as FlashAttention takes its D
-// from the rounded output.
+// for D's rounding (D takes the rounded read; the entropy comes unrounded through A'), as
+// FlashAttention takes its D from the rounded output.
 template <typename scalar_t, bool kSplit, bool kShrinking>
 __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs<scalar_t> args) {
   using L = Layout<scalar_t, 2>;
@@ -896,6 +996,9 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
     logits_tiles<scalar_t, 2>(smem, a_ops, args.num_queries, q0, b_ops, args.num_slots, n0,
                               args.channels);
     __syncthreads();
+    copy_tile_async(smem.v_tile(0), L::kLdV, args.mk, args.num_slots, args.channels, n0, c0,
+                    kSweep, L::kCols);
+    __pipeline_commit();
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
@@ -912,8 +1015,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_query_kernel(BwdArgs
       smem.p_tile(0)[row * L::kLdP + col] = Convert<p_t>::from_acc(p);
       if (kShrinking) smem.p_tile(1)[row * L::kLdP + col] = Convert<p_t>::from_acc(w);
     }
-    load_tile(smem.v_tile(0), L::kLdV, args.mk, args.num_slots, args.channels, n0, c0, kSweep,
-              L::kCols);
+    __pipeline_wait_prior(0);
     __syncthreads();
     Engine::mma_nn(x_acc, smem.p_tile(0), L::kLdP, smem.v_tile(0), L::kLdV);
     if (kShrinking) Engine::mma_nn(y_acc, smem.p_tile(1), L::kLdP, smem.v_tile(0), L::kLdV);
@@ -1044,6 +1146,11 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
     logits_tiles<scalar_t, 2>(smem, a_ops, args.num_slots, n0, b_ops, args.num_queries, q0,
                               args.channels);
     __syncthreads();
+    copy_tile_async(smem.v_tile(0), L::kLdV, args.zq, args.num_queries, args.channels, q0, c0,
+                    kSweep, L::kCols);
+    copy_tile_async(smem.v_tile(1), L::kLdV, args.grad_read, args.num_queries, args.channels,
+                    q0, c0, kSweep, L::kCols);
+    __pipeline_commit();
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int col = lane + kGroup * k;
@@ -1063,10 +1170,7 @@ __global__ void __launch_bounds__(kThreads) memory_read_bwd_memory_kernel(BwdArg
       smem.p_tile(0)[row * L::kLdP + col] = Convert<p_t>::from_acc(ds);
       smem.p_tile(1)[row * L::kLdP + col] = Convert<p_t>::from_acc(a);
     }
-    load_tile(smem.v_tile(0), L::kLdV, args.zq, args.num_queries, args.channels, q0, c0, kSweep,
-              L::kCols);
-    load_tile(smem.v_tile(1), L::kLdV, args.grad_read, args.num_queries, args.channels, q0, c0,
-              kSweep, L::kCols);
+    __pipeline_wait_prior(0);
     __syncthreads();
     Engine::mma_nn(key_acc, smem.p_tile(0), L::kLdP, smem.v_tile(0), L::kLdV);
     Engine::mma_nn(value_acc, smem.p_tile(1), L::kLdP, smem.v_tile(1), L::kLdV);

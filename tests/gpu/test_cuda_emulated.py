@@ -170,25 +170,29 @@ def test_random_shapes_match_reference(cuda_emulated, q, n, c, similarity, shrin
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("multiprocessors", [132, 1], ids=["split", "unsplit"])
 def test_reverse_schedule_gives_identical_results(emulated, dtype, multiprocessors):
-    """Threads between two barriers run in the opposite order: a missing barrier (a read of
-    shared memory another thread has not written yet, or has already overwritten) changes the
-    results; correct code gives the same bits."""
-    query, memory, lam = draw_safe(45, 150, 40, shrink_factor=2.0, similarity="dot",
+    """Threads between two barriers run in the opposite order, and cp.async copies land when
+    issued instead of at their wait: a missing barrier or wait (a read of shared memory
+    another thread has not written yet, or has already overwritten) changes the results;
+    correct code gives the same bits in all four runs. C = 100 makes four channel chunks, so
+    that a copy into the double-buffered chunks' other stage can meet a reader."""
+    query, memory, lam = draw_safe(45, 150, 100, shrink_factor=2.0, similarity="dot",
                                    dtype=dtype)
     gen = torch.Generator().manual_seed(3)
     grad_read = torch.randn(query.shape, generator=gen).to(dtype)
     grad_entropy = torch.randn(query.shape[0], generator=gen).to(dtype)
     results = []
-    for reverse in (False, True):
+    for reverse, early_copies in [(False, False), (True, False), (False, True), (True, True)]:
         emulated.configure(multiprocessors=multiprocessors,
-                           shared_optin_bytes=H100_SHARED_OPTIN, reverse_schedule=reverse)
+                           shared_optin_bytes=H100_SHARED_OPTIN, reverse_schedule=reverse,
+                           early_copies=early_copies)
         read, entropy, stats = emulated.memory_read_fwd(query, memory, lam, False,
                                                         TEMPERATURE)
         results.append((read, entropy, *emulated.memory_read_bwd(
             grad_read, grad_entropy, query, memory, read, entropy, stats, lam, False,
             TEMPERATURE)))
-    for forward_order, reverse_order in zip(*results):
-        assert torch.equal(forward_order, reverse_order)
+    for run in results[1:]:
+        for first, other in zip(results[0], run):
+            assert torch.equal(first, other)
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
@@ -279,6 +283,61 @@ def test_emulator_exposes_a_missing_barrier(cuda_emulated):
                                 reverse_schedule=reverse)
         outputs.append(cuda_emulated.self_test("missing_barrier"))
     assert not torch.equal(outputs[0], outputs[1])
+
+
+def test_emulator_lands_async_copies_at_their_wait(cuda_emulated):
+    """cp.async (cuda_pipeline.h): the bytes are in shared memory once the thread waits for
+    them, not before (a read then sees the 0xFF poison); a thread that never waits is an
+    error."""
+    assert torch.equal(cuda_emulated.self_test("async_copy")[:64], torch.arange(1, 65,
+                                                                                dtype=torch.int32))
+    assert torch.equal(cuda_emulated.self_test("async_copy_read_early")[:64],
+                       torch.full((64,), -1, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="cp.async copies it never waited for"):
+        cuda_emulated.self_test("async_copy_never_waited")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=DTYPE_IDS.get)
+def test_one_barrier_per_channel_chunk(emulated, dtype):
+    """The logits sweep double-buffers its 32-channel chunks (cp.async copies the next chunk
+    while the current one multiplies): one __syncthreads per chunk, two in float64 (one
+    stage). 32 queries and 32 slots make one block and one tile in each kernel, and C <= 64
+    one column chunk: 32 more channels add one chunk to the forward's one logits pass and
+    to each of the backward's two (lam = 0)."""
+    emulated.configure(multiprocessors=1, shared_optin_bytes=H100_SHARED_OPTIN,
+                       reverse_schedule=False)
+    counts = []
+    for channels in (32, 64):
+        query, memory, lam = draw_safe(32, 32, channels, shrink_factor=0.0, similarity="dot",
+                                       dtype=dtype)
+        emulated.block_barriers(reset=True)
+        read, entropy, stats = emulated.memory_read_fwd(query, memory, lam, False, TEMPERATURE)
+        forward = emulated.block_barriers(reset=True)
+        emulated.memory_read_bwd(torch.randn_like(read), torch.randn_like(entropy), query,
+                                 memory, read, entropy, stats, lam, False, TEMPERATURE)
+        counts.append((forward, emulated.block_barriers(reset=True)))
+    per_chunk = 2 if dtype == torch.float64 else 1
+    assert (counts[1][0] - counts[0][0], counts[1][1] - counts[0][1]) == (per_chunk,
+                                                                          2 * per_chunk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("shrink_factor", [0.0, 2.0])
+def test_misaligned_inputs_take_element_loads(emulated, dtype, shrink_factor):
+    """Tiles are copied in 16-byte vectors where the rows allow it; inputs that start off a
+    16-byte boundary (a view one element into its storage) take element loads instead."""
+    query, memory, lam = draw_safe(45, 150, 64, shrink_factor=shrink_factor, similarity="dot",
+                                   dtype=dtype)
+
+    def shifted(t):
+        storage = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = storage[1:].view(t.shape)
+        view.copy_(t)
+        assert view.data_ptr() % 16 != 0
+        return view
+
+    compare(emulated, shifted(query), shifted(memory), lam, "dot", TOLERANCES[dtype])
 
 
 def test_matches_cpu_kernel(emulated):

@@ -14,6 +14,10 @@
 // GPU. WMMA fragments hold the whole 16 x 16 tile in every lane (the kernel never reads their
 // elements), products are accumulated in float (and their multiply-adds counted), and pointers
 // and strides are checked against WMMA's alignment rules and for being the same in every lane.
+// A cp.async copy (cuda_pipeline.h) lands in shared memory when its thread waits for it, or
+// (configurable) as soon as it is issued, and a thread that returns with copies it never
+// waited for is an error. __syncthreads
+// barriers are counted, for the tests of how many each kernel needs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -71,6 +75,9 @@ struct Device {
   int multiprocessors = 132;
   int shared_optin_bytes = 232448;  // an H100's 227 KiB per block
   bool reverse_schedule = false;
+  // cp.async copies land when issued instead of at their wait: where "late" shows a read
+  // that comes before the wait, "early" shows a copy issued into a buffer still being read.
+  bool early_copies = false;
 };
 inline Device& device() {
   static Device d;
@@ -80,6 +87,13 @@ inline Device& device() {
 // Multiply-adds of every WMMA product since the count was last reset (counted once per warp
 // product), for the tests that check the cost model's unit counts.
 inline uint64_t& wmma_multiply_adds() {
+  static uint64_t count = 0;
+  return count;
+}
+
+// __syncthreads barriers completed by every block since the count was last reset (the tests'
+// barriers-per-chunk check).
+inline uint64_t& block_barriers() {
   static uint64_t count = 0;
   return count;
 }
@@ -189,12 +203,22 @@ constexpr size_t kDefaultSharedLimit = 48 * 1024;
 
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
+// One cp.async copy in flight: its source bytes as read at issue (the kernels' global inputs
+// do not change during a launch), landing in shared memory only at a wait.
+struct AsyncCopy {
+  char* dst;
+  std::array<char, 16> bytes;
+  size_t size;
+};
+
 struct Fiber {
   Context context;
   Stack stack;
   State state = State::Runnable;
   dim3 thread_idx;
   uint64_t mma_calls = 0;
+  std::vector<AsyncCopy> open_group;                 // issued since the last commit
+  std::vector<std::vector<AsyncCopy>> committed;     // oldest first
 };
 
 // One block's execution state: its fibers, barriers and the lanes' exchange slots.
@@ -210,6 +234,8 @@ struct Block {
   std::vector<uint64_t> warp_mma_serial;
   std::vector<std::array<float, 256>> warp_mma_result;
   char* shared = nullptr;
+  size_t shared_bytes = 0;
+  uint64_t barriers = 0;  // __syncthreads completed in this block
   std::exception_ptr error;
   dim3 block_idx, block_dim, grid_dim;
 };
@@ -250,6 +276,7 @@ inline void sync_block() {
   Block& b = block();
   if (++b.block_arrivals == static_cast<int>(b.fibers.size())) {
     b.block_arrivals = 0;
+    ++b.barriers;
     for (Fiber& f : b.fibers) {
       if (f.state == State::AtBlockBarrier) f.state = State::Runnable;
     }
@@ -338,6 +365,12 @@ struct FiberEntry {
     started_on_new_stack(&b.scheduler_stack);
     try {
       (*body)();
+      const Fiber& self = b.fibers[b.current];
+      bool pending = !self.open_group.empty();
+      for (const auto& group : self.committed) pending = pending || !group.empty();
+      TORCH_CHECK(!pending,
+                  "cuda_emulation: thread returned with cp.async copies it never waited for at ",
+                  where());
     } catch (...) {
       if (!b.error) b.error = std::current_exception();
     }
@@ -374,6 +407,7 @@ void run_grid(const Launch& launch, Body body) {
   b.block_dim = launch.block_dim;
   b.grid_dim = launch.grid;
   b.shared = shared.get();
+  b.shared_bytes = launch.shared_bytes;
   b.fibers.resize(threads);
   b.warp_arrivals.assign((threads + kWarpSize - 1) / kWarpSize, 0);
   b.slots.assign(threads, 0);
@@ -392,12 +426,15 @@ void run_grid(const Launch& launch, Body body) {
           b.block_idx = dim3(bx, by, bz);
           std::memset(b.shared, 0xFF, launch.shared_bytes);
           b.block_arrivals = 0;
+          b.barriers = 0;
           std::fill(b.warp_arrivals.begin(), b.warp_arrivals.end(), 0);
           std::fill(b.warp_mma_serial.begin(), b.warp_mma_serial.end(), 0);
           for (int t = 0; t < threads; ++t) {
             Fiber& f = b.fibers[t];
             f.state = State::Runnable;
             f.mma_calls = 0;
+            f.open_group.clear();
+            f.committed.clear();
             f.thread_idx = dim3(t % launch.block_dim.x,
                                 (t / launch.block_dim.x) % launch.block_dim.y,
                                 t / (launch.block_dim.x * launch.block_dim.y));
@@ -431,6 +468,7 @@ void run_grid(const Launch& launch, Body body) {
                           " have returned (a barrier not reached by every thread)");
             }
           }
+          block_barriers() += b.barriers;
         }
   } catch (...) {
     running_block() = nullptr;
@@ -478,6 +516,60 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   TORCH_CHECK(mask == full, "cuda_emulation: __syncwarp with mask ", mask, " at ",
               ::cuda_emulation::where());
   ::cuda_emulation::sync_warp();
+}
+
+// ------------------------------------------------------------------------------- cp.async
+// cuda_pipeline.h's primitives: a copy lands in shared memory only when its thread waits for
+// its group, so a read before the wait (or, by another thread, before the wait and a barrier)
+// sees the old bytes (0xFF poison at first); or, with Device::early_copies, at once, so that
+// a copy into a buffer other threads have not finished reading changes what they read.
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+inline void __pipeline_memcpy_async(void* dst_shared, const void* src_global, size_t size_and_align,
+                                    size_t zfill = 0) {
+  ::cuda_emulation::Block& b = ::cuda_emulation::block();
+  const auto dst = reinterpret_cast<uintptr_t>(dst_shared);
+  const auto base = reinterpret_cast<uintptr_t>(b.shared);
+  TORCH_CHECK(size_and_align == 4 || size_and_align == 8 || size_and_align == 16,
+              "cuda_emulation: __pipeline_memcpy_async of ", size_and_align, " bytes at ",
+              ::cuda_emulation::where());
+  TORCH_CHECK(zfill <= size_and_align, "cuda_emulation: zfill past the copy at ",
+              ::cuda_emulation::where());
+  TORCH_CHECK(dst % size_and_align == 0 && reinterpret_cast<uintptr_t>(src_global) %
+                                               size_and_align == 0,
+              "cuda_emulation: __pipeline_memcpy_async pointers not ", size_and_align,
+              "-byte aligned at ", ::cuda_emulation::where());
+  TORCH_CHECK(dst >= base && dst + size_and_align <= base + b.shared_bytes,
+              "cuda_emulation: __pipeline_memcpy_async destination outside dynamic shared "
+              "memory at ", ::cuda_emulation::where());
+  ::cuda_emulation::AsyncCopy copy{static_cast<char*>(dst_shared), {}, size_and_align};
+  std::memcpy(copy.bytes.data(), src_global, size_and_align - zfill);
+  std::memset(copy.bytes.data() + (size_and_align - zfill), 0, zfill);
+  if (::cuda_emulation::device().early_copies) {
+    std::memcpy(copy.dst, copy.bytes.data(), copy.size);
+    copy.size = 0;  // landed; the group still has to be waited for
+  }
+  ::cuda_emulation::fiber().open_group.push_back(copy);
+}
+
+inline void __pipeline_commit() {
+  ::cuda_emulation::Fiber& f = ::cuda_emulation::fiber();
+  f.committed.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+// Lands every committed group but the newest `prior` (copies not yet committed stay pending).
+inline void __pipeline_wait_prior(size_t prior) {
+  ::cuda_emulation::Fiber& f = ::cuda_emulation::fiber();
+  while (f.committed.size() > prior) {
+    for (const ::cuda_emulation::AsyncCopy& copy : f.committed.front()) {
+      std::memcpy(copy.dst, copy.bytes.data(), copy.size);
+    }
+    f.committed.erase(f.committed.begin());
+  }
 }
 
 template <typename T>

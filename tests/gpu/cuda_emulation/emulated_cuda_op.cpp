@@ -28,6 +28,18 @@ __global__ void missing_barrier_kernel(int* out) {
   out[threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
 }
 
+// Copies its input into shared memory with cp.async and reads it back: after waiting for the
+// copy (order 0), before waiting (1), or without ever waiting (2).
+__global__ void async_copy_kernel(const int* in, int* out, int order) {
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
+  int* slots = reinterpret_cast<int*>(shared_bytes);
+  __pipeline_memcpy_async(slots + threadIdx.x, in + threadIdx.x, sizeof(int));
+  __pipeline_commit();
+  if (order == 0) __pipeline_wait_prior(0);
+  out[threadIdx.x] = slots[threadIdx.x];
+  if (order == 1) __pipeline_wait_prior(0);
+}
+
 // Writes one element past the end of its output.
 __global__ void out_of_bounds_kernel(int* out) { out[threadIdx.x + 1] = 1; }
 
@@ -40,6 +52,12 @@ at::Tensor run(const std::string& name) {
   } else if (name == "missing_barrier") {
     cuda_emulation::launch(missing_barrier_kernel, dim3(1), dim3(64), 64 * sizeof(int),
                            out.data_ptr<int>());
+  } else if (name == "async_copy" || name == "async_copy_read_early" ||
+             name == "async_copy_never_waited") {
+    const at::Tensor in = at::arange(1, 65, at::kInt);
+    const int order = name == "async_copy" ? 0 : name == "async_copy_read_early" ? 1 : 2;
+    cuda_emulation::launch(async_copy_kernel, dim3(1), dim3(64), 64 * sizeof(int),
+                           in.data_ptr<int>(), out.data_ptr<int>(), order);
   } else if (name == "out_of_bounds") {
     cuda_emulation::launch(out_of_bounds_kernel, dim3(1), dim3(64), 0, out.data_ptr<int>());
   } else {
@@ -55,28 +73,37 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("memory_read_bwd", &memae_fused::memory_read_bwd_cuda);
   m.def(
       "configure",
-      [](int multiprocessors, int shared_optin_bytes, bool reverse_schedule) {
+      [](int multiprocessors, int shared_optin_bytes, bool reverse_schedule,
+         bool early_copies) {
         auto& device = cuda_emulation::device();
         device.multiprocessors = multiprocessors;
         device.shared_optin_bytes = shared_optin_bytes;
         device.reverse_schedule = reverse_schedule;
+        device.early_copies = early_copies;
       },
       "Sets the emulated device: SM count (which decides the splits), the opt-in shared "
-      "memory per block, and the order threads run in between barriers.",
+      "memory per block, the order threads run in between barriers, and whether cp.async "
+      "copies land when issued (else when waited for).",
       pybind11::arg("multiprocessors"), pybind11::arg("shared_optin_bytes"),
-      pybind11::arg("reverse_schedule"));
-  m.def(
-      "wmma_multiply_adds",
-      [](bool reset) {
-        const uint64_t count = cuda_emulation::wmma_multiply_adds();
-        if (reset) cuda_emulation::wmma_multiply_adds() = 0;
-        return count;
-      },
-      "The multiply-adds of the WMMA products run since the last reset; reset=True starts "
-      "the count again.",
-      pybind11::arg("reset") = false);
+      pybind11::arg("reverse_schedule"), pybind11::arg("early_copies") = false);
+  // The emulation's counters, read and (with reset=True) started again.
+  const auto def_counter = [&m](const char* name, uint64_t& (*counter)(), const char* doc) {
+    m.def(
+        name,
+        [counter](bool reset) {
+          const uint64_t count = counter();
+          if (reset) counter() = 0;
+          return count;
+        },
+        doc, pybind11::arg("reset") = false);
+  };
+  def_counter("wmma_multiply_adds", &cuda_emulation::wmma_multiply_adds,
+              "The multiply-adds of the WMMA products run since the last reset.");
+  def_counter("block_barriers", &cuda_emulation::block_barriers,
+              "The __syncthreads barriers every block has passed since the last reset, summed.");
   m.def("self_test", &emulation_self_test::run,
-        "Runs one of the deliberately broken kernels: divergent_barrier, misaligned_wmma, "
-        "out_of_bounds (for AddressSanitizer) or missing_barrier (whose output depends on "
-        "the schedule).");
+        "Runs one of the test kernels: divergent_barrier, misaligned_wmma, out_of_bounds (for "
+        "AddressSanitizer), missing_barrier (whose output depends on the schedule), "
+        "async_copy (a cp.async copy read after its wait), async_copy_read_early (read "
+        "before it) or async_copy_never_waited.");
 }
