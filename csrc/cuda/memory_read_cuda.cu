@@ -28,7 +28,7 @@
 #include <torch/library.h>
 
 #ifdef MEMAE_CUDA_EMULATION
-// The test suite's CPU stand-in for CUDA (tests/cuda_emulation), which runs this file's
+// The test suite's CPU stand-in for CUDA (tests/gpu/cuda_emulation), which runs this file's
 // kernels and host code on CPU tensors.
 #include "cuda_emulation.h"
 #else
