@@ -20,7 +20,8 @@ from memae_fused.anomaly.arguments import COUNT, POSITIVE_INT
 from memae_fused.anomaly.data import load_dataset
 from memae_fused.anomaly.evaluate import evaluate, format_results
 from memae_fused.anomaly.presets import run_configs
-from memae_fused.anomaly.train import load_model, resolve_device, train
+from memae_fused.anomaly.train import (autocast, load_model, refuse_existing_run, resolve_device,
+                                       train)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,10 @@ def run_demo(args) -> int:
     out = Path(args.out)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     device = resolve_device(args.device)
+    # What train() would refuse, refused before the synthetic set is built.
+    autocast(device, args.amp)
+    for variant in variants:
+        refuse_existing_run(out / variant, args.overwrite)
     print(f"memae-fused demo: preset '{preset}', models {', '.join(variants)}, device {device}, "
           f"{torch.get_num_threads()} CPU threads")
     summary = {"preset": preset, "device": str(device), "models": {}}

@@ -227,6 +227,14 @@ def existing_run(out_dir: Path) -> Optional[Path]:
     return None
 
 
+def refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
+    """The error for an out_dir that already holds a run, unless overwrite."""
+    found = existing_run(out_dir)
+    if found is not None and not overwrite:
+        raise FileExistsError(f"--out {out_dir} already holds a run ({found.name}); "
+                              "continue it with --resume, or pass --overwrite to replace it")
+
+
 def epoch_lr(train_cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of an epoch: constant, or cosine-annealed from lr to 0 over the
     run's epochs (MNAD's schedule; set per epoch, so a resumed run follows it exactly)."""
@@ -270,9 +278,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     ckpt_path = out_dir / CHECKPOINT_NAME
     if resume and not ckpt_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-    if not resume and existing_run(out_dir) is not None and not overwrite:
-        raise FileExistsError(f"--out {out_dir} already holds a run ({existing_run(out_dir).name}); "
-                              "continue it with --resume, or pass --overwrite to replace it")
+    if not resume:
+        refuse_existing_run(out_dir, overwrite)
     device = resolve_device(train_cfg.device)
     autocast(device, train_cfg.amp)  # refuses fp16 on the CPU before any work
     ctx = _distributed_setup(device)
@@ -292,6 +299,12 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise ValueError(f"{len(problems)} unreadable training input(s) (memae-fused "
                              f"check-data lists them all): {shown}")
+        too_short = getattr(samples, "too_short", [])
+        if too_short and ctx.is_main:
+            shown = ", ".join(too_short[:10]) + (f" and {len(too_short) - 10} more"
+                                                 if len(too_short) > 10 else "")
+            log(f"warning: {len(too_short)} of {len(dataset.train)} training videos are "
+                f"shorter than --clip-len {train_cfg.clip_len} and give no clips: {shown}")
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             if not resume:

@@ -193,6 +193,26 @@ def test_an_existing_run_is_never_overwritten(avenue, tmp_path, capsys):
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 1
 
 
+def test_demo_refuses_before_building_its_data(tmp_path, capsys, monkeypatch):
+    """What training would refuse (fp16 on the CPU, a folder that holds a run) the demo
+    refuses first, before its banner and before it builds the synthetic set."""
+    from memae_fused.anomaly import demo
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the synthetic set was built")
+
+    monkeypatch.setattr(demo, "load_dataset", no_data)
+    status, out, err = run(["demo", "--out", tmp_path, "--device", "cpu", "--amp", "fp16"],
+                           capsys)
+    assert_one_line_error(status, err, "--amp fp16 needs a CUDA device")
+    assert out == ""
+    (tmp_path / "ae").mkdir()
+    (tmp_path / "ae" / "train_log.jsonl").write_text("{}\n")
+    status, out, err = run(["demo", "--out", tmp_path, "--device", "cpu"], capsys)
+    assert_one_line_error(status, err, f"--out {tmp_path / 'ae'} already holds a run")
+    assert out == ""
+
+
 def test_checkpoint_writes_are_atomic(avenue, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     train_tiny(avenue, out, capsys)

@@ -47,6 +47,18 @@ def test_short_training_run(tmp_path):
         assert torch.equal(value, summary["model"].state_dict()[name])
 
 
+def test_training_videos_shorter_than_a_clip_are_named(tmp_path):
+    model_cfg, data_cfg, train_cfg = tiny(epochs=1)
+    full = load_dataset(data_cfg, test=False)
+    short = ArrayVideo("short_one", full.train[0].frames(0, 5))
+    dataset = VideoDataset(name="mixed", train=[*full.train, short], test=[], labels=None)
+    lines = []
+    train(model_cfg, data_cfg, train_cfg, tmp_path, dataset=dataset, log=lines.append)
+    warned = [line for line in lines if line.startswith("warning:")]
+    assert warned == ["warning: 1 of 3 training videos are shorter than --clip-len 8 and give "
+                      "no clips: short_one (5 frames)"]
+
+
 def test_resume_continues_exactly(tmp_path):
     model_cfg, data_cfg, train_cfg = tiny(epochs=2)
     straight = read_checkpoint(train(model_cfg, data_cfg, train_cfg, tmp_path / "a",

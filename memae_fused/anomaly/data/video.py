@@ -186,12 +186,14 @@ class VideoDataset:
 
 class ClipDataset(torch.utils.data.Dataset):
     """Every clip of clip_len consecutive frames (starts `stride` apart) of the given videos,
-    as float32 (C, clip_len, H, W) in [-1, 1]."""
+    as float32 (C, clip_len, H, W) in [-1, 1]. `too_short` names the videos shorter than a
+    clip (they give none), with their frame counts."""
 
     def __init__(self, videos: Sequence[Video], clip_len: int, stride: int = 1):
         if clip_len < 1 or stride < 1:
             raise ValueError(f"clip_len and stride must be >= 1, got {clip_len}, {stride}")
         self.videos, self.clip_len = list(videos), clip_len
+        self.too_short = [f"{v.name} ({len(v)} frames)" for v in self.videos if len(v) < clip_len]
         self.index = [(vi, s) for vi, v in enumerate(self.videos)
                       for s in range(0, len(v) - clip_len + 1, stride)]
         if not self.index:
