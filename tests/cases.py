@@ -8,6 +8,7 @@ loosening tolerances, every test draws inputs and a lambda with no weight near l
 import torch
 
 import python_ref
+from python_ref.memory import LOG_EPS, NORM_EPS, SHRINK_EPS
 
 REL_MARGIN = 1e-3
 
@@ -127,19 +128,91 @@ def eager_in_orders(run, query, memory, grad_read, grad_ent, orders=3):
     return [list(results) for results in zip(*runs)]
 
 
-def check_against_reference(name, got, want, eager=None, rtol=1e-5, atol=1e-6):
+def check_against_reference(name, got, want, eager=None, rtol=1e-5, atol=1e-6, slack=None):
     """Below float64, judge a whole tensor: |got - want| <= rtol·|want| + atol·sqrt(numel)
     (norms over the tensor), or at most twice the error of eager PyTorch in the same precision
     (FlashAttention's criterion) where cancellation, in a near one-hot row say, makes that
     larger. `want` is the float64 reference on the same (rounded) inputs; `eager` is one
-    same-precision result or a list of them (eager_in_orders), judged by the worst."""
+    same-precision result or a list of them (eager_in_orders), judged by the worst. `slack`:
+    an element-wise allowance added to the bar as its norm (fused_rounding)."""
     got = got.detach().double().cpu()
     assert torch.isfinite(got).all(), f"{name}: not finite"
     err = (got - want).norm().item()
     bar = rtol * want.norm().item() + atol * want.numel() ** 0.5
+    if slack is not None:
+        bar += slack.norm().item()
     if eager is not None:
         for run in eager if isinstance(eager, (list, tuple)) else [eager]:
             eager_err = (run.detach().double().cpu() - want).norm().item()
             if eager_err == eager_err:  # eager float16 entropy is NaN: 1e-12 underflows in the log
                 bar = max(bar, 2 * eager_err)
     assert err <= bar, f"{name}: error {err:.2e} > {bar:.2e} (|want| = {want.norm().item():.2e})"
+
+
+
+def fused_rounding(query, memory, grad_read, grad_ent, *, shrink_thres, similarity,
+                   temperature, dtype):
+    """Element-wise allowance for d(query) and d(memory) computed in `dtype` the fused way:
+    the softmax's row term from the outputs, D = <g, read> + g_e (entropy - A'), as
+    FlashAttention takes it, where autograd sums it from the per-slot gradients. Autograd's
+    sum cancels against those same per-slot terms (exactly where one slot holds the whole
+    weight: N = 1, or a single slot kept by shrinkage; nearly in a near one-hot row); D does
+    not, and its rounding reaches the gradients even where they are zero. A first-order
+    rounding model of the backward's formulas (docs/algorithm.md): every dot product over n
+    terms is taken to err by sqrt(n) u sum |terms| (Higham and Mary's probabilistic bound,
+    lambda = 1; u the unit roundoff of `dtype`), the logits' errors move the weights by
+    w_j (e_j + sum_k w_k e_k), and the errors reach d(query) and d(memory) through the
+    logits' Jacobian, bounded term by term. Returns (query allowance, memory allowance),
+    float64, on the CPU."""
+    query, memory = query.detach().double().cpu(), memory.detach().double().cpu()
+    grad_read, grad_ent = grad_read.double().cpu(), grad_ent.double().cpu()
+    u = torch.finfo(dtype).eps / 2
+    (num_queries, channels), num_slots = query.shape, memory.shape[0]
+    root_c = max(channels, 1) ** 0.5
+    q_norm = query.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+    m_norm = memory.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+    if similarity == "dot":
+        q_op, m_op = query, memory
+    else:
+        q_op, m_op = query / q_norm, memory / m_norm
+    w = weights(query, memory, similarity, temperature)
+    if shrink_thres > 0:
+        over = w - shrink_thres
+        h = torch.relu(over) * w / (over.abs() + SHRINK_EPS)
+        h_grad = torch.where(over > 0, over / (over + SHRINK_EPS)
+                             + w * SHRINK_EPS / (over + SHRINK_EPS) ** 2, torch.zeros_like(w))
+        h_sum = h.sum(1, keepdim=True).clamp_min(SHRINK_EPS)
+        a = h / h_sum
+    else:
+        h_grad, h_sum, a = torch.ones_like(w), torch.ones_like(w[:, :1]), w
+    read = a @ memory
+    entropy = -(a * torch.log(a + LOG_EPS)).sum(dim=1, keepdim=True)
+    dlog = torch.log(a + LOG_EPS) + a / (a + LOG_EPS)
+    grad_a = grad_read @ memory.t() - grad_ent[:, None] * dlog
+    grad_w = h_grad * (grad_a - (a * grad_a).sum(1, keepdim=True)) / h_sum
+    row_r = (w * grad_w).sum(1, keepdim=True)
+    grad_logits = w * (grad_w - row_r)
+    # Errors of the logits, their row mean under w, and the weights' relative error.
+    logit_err = root_c * u * (q_op.abs() @ m_op.abs().t()) / temperature
+    weight_err = logit_err + (w * logit_err).sum(1, keepdim=True)
+    # d a_j and D: dot products over C, the entropy's terms, and the weights' error in log a.
+    grad_a_err = (root_c * u * (grad_read.abs() @ memory.abs().t()
+                                + (grad_read * read).abs().sum(1, keepdim=True))
+                  + grad_ent.abs()[:, None] * (u * (dlog.abs() + entropy.abs() + 1)
+                                               + 2 * weight_err))
+    grad_w_err = h_grad * grad_a_err / h_sum + weight_err * grad_w.abs()
+    row_r_err = (w * (grad_w_err + weight_err * grad_w.abs())).sum(1, keepdim=True)
+    ds_err = (w * (grad_w_err + row_r_err + weight_err * (grad_w - row_r).abs())
+              + u * grad_logits.abs())
+    # Through the Jacobian, with the sums over N (d query) and Q (d memory) rounded too.
+    ds_q = (ds_err + num_slots ** 0.5 * u * grad_logits.abs()) / temperature
+    ds_m = (ds_err + num_queries ** 0.5 * u * grad_logits.abs()) / temperature
+    value_err = (a * weight_err).t() @ grad_read.abs() + num_queries ** 0.5 * u * (
+        a.t() @ grad_read.abs())
+    if similarity == "dot":
+        return ds_q @ memory.abs(), ds_m.t() @ query.abs() + value_err
+    # Cosine: d(q^.k^)/dq = (I - q^ q^T) k^ / |q|, each element within |k^_c| + |q^_c|.
+    q_unit, m_unit = q_op.abs(), m_op.abs()
+    query_err = (ds_q @ m_unit + q_unit * ds_q.sum(1, keepdim=True)) / q_norm
+    memory_err = (ds_m.t() @ q_unit + m_unit * ds_m.sum(0)[:, None]) / m_norm
+    return query_err, memory_err + value_err

@@ -6,7 +6,8 @@
 // kChunkK, applies the per-element math of memory_math.h in shared memory, and accumulates
 // O += P V with P the kRows x kSweep tile just computed. Tile products run on tensor cores
 // (WMMA, fp32 accumulation) for float16/bfloat16 and on FFMA for float32/float64. Tiles come
-// in by 16-byte cp.async copies, the logits chunks double-buffered (logits_tiles).
+// in by 16-byte cp.async copies where their rows are whole 16-byte vectors (element loads
+// otherwise), the logits chunks double-buffered (logits_tiles).
 //   forward:        lam > 0: sweep 1 online max m and sum l; sweep 2 w = exp((s - m) -
 //                   log l), h, read += h mv and the entropy's sums; read /= max(S, eps).
 //                   lam = 0: one sweep, read += p mv with p = exp(s - m) rescaled when the

@@ -7,9 +7,10 @@ NaN at each block's start), barriers (one that not every thread reaches is an er
 WMMA's alignment rules. Outputs and scratch tensors come from at::empty filled with NaN
 (deterministic mode), so an element a kernel fails to write shows up. What the emulation
 cannot show (timing, real tensor-core rounding, races between threads that run between the
-same two barriers, beyond what the reverse schedule exposes) is left to the GPU tests in
+same two barriers, beyond what the reversed and warp-at-a-time schedules expose) is left to the GPU tests in
 test_cpp_op.py."""
 
+import itertools
 import os
 import platform
 import subprocess
@@ -169,22 +170,26 @@ def test_random_shapes_match_reference(cuda_emulated, q, n, c, similarity, shrin
 
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("multiprocessors", [132, 1], ids=["split", "unsplit"])
-def test_reverse_schedule_gives_identical_results(emulated, dtype, multiprocessors):
-    """Threads between two barriers run in the opposite order, and cp.async copies land when
-    issued instead of at their wait: a missing barrier or wait (a read of shared memory
-    another thread has not written yet, or has already overwritten) changes the results;
-    correct code gives the same bits in all four runs. C = 100 makes four channel chunks, so
-    that a copy into the double-buffered chunks' other stage can meet a reader."""
-    query, memory, lam = draw_safe(45, 150, 100, shrink_factor=2.0, similarity="dot",
-                                   dtype=dtype)
+@pytest.mark.parametrize("shrink_factor", [0.0, 2.0], ids=["online", "shrinking"])
+def test_reverse_schedule_gives_identical_results(emulated, dtype, multiprocessors,
+                                                  shrink_factor):
+    """Threads between two barriers run in the opposite order, cp.async copies land when
+    issued instead of at their wait, and warps run one at a time instead of round robin: a
+    missing barrier or wait (a read of shared memory another thread has not written yet, or
+    has already overwritten) changes the results; correct code gives the same bits in every
+    run. C = 104 makes four channel chunks, so that a copy into the double-buffered chunks'
+    other stage can meet a reader, and is a multiple of 8, so that 16-bit tiles are copied
+    by cp.async too."""
+    query, memory, lam = draw_safe(45, 150, 104, shrink_factor=shrink_factor,
+                                   similarity="dot", dtype=dtype)
     gen = torch.Generator().manual_seed(3)
     grad_read = torch.randn(query.shape, generator=gen).to(dtype)
     grad_entropy = torch.randn(query.shape[0], generator=gen).to(dtype)
     results = []
-    for reverse, early_copies in [(False, False), (True, False), (False, True), (True, True)]:
+    for reverse, early_copies, serial_warps in itertools.product((False, True), repeat=3):
         emulated.configure(multiprocessors=multiprocessors,
                            shared_optin_bytes=H100_SHARED_OPTIN, reverse_schedule=reverse,
-                           early_copies=early_copies)
+                           early_copies=early_copies, serial_warps=serial_warps)
         read, entropy, stats = emulated.memory_read_fwd(query, memory, lam, False,
                                                         TEMPERATURE)
         results.append((read, entropy, *emulated.memory_read_bwd(
@@ -285,16 +290,32 @@ def test_emulator_exposes_a_missing_barrier(cuda_emulated):
     assert not torch.equal(outputs[0], outputs[1])
 
 
-def test_emulator_lands_async_copies_at_their_wait(cuda_emulated):
+def test_emulator_lets_a_warp_run_ahead(emulated):
+    """Warps one at a time: the first warp to run reads the other's slots before they are
+    written (the 0xFF poison, -1), which round robin, keeping warps one warp-collective call
+    apart, never shows."""
+    outputs = {}
+    for reverse in (False, True):
+        for serial_warps in (False, True):
+            emulated.configure(multiprocessors=1, shared_optin_bytes=H100_SHARED_OPTIN,
+                               reverse_schedule=reverse, serial_warps=serial_warps)
+            outputs[reverse, serial_warps] = emulated.self_test("warp_ahead")
+    poison = torch.full((32,), -1, dtype=torch.int32)
+    assert not (outputs[False, False] == -1).any() and not (outputs[True, False] == -1).any()
+    assert torch.equal(outputs[False, True][:32], poison)
+    assert torch.equal(outputs[True, True][32:], poison)
+
+
+def test_emulator_lands_async_copies_at_their_wait(emulated):
     """cp.async (cuda_pipeline.h): the bytes are in shared memory once the thread waits for
     them, not before (a read then sees the 0xFF poison); a thread that never waits is an
     error."""
-    assert torch.equal(cuda_emulated.self_test("async_copy")[:64], torch.arange(1, 65,
-                                                                                dtype=torch.int32))
-    assert torch.equal(cuda_emulated.self_test("async_copy_read_early")[:64],
+    assert torch.equal(emulated.self_test("async_copy"), torch.arange(1, 65,
+                                                                       dtype=torch.int32))
+    assert torch.equal(emulated.self_test("async_copy_read_early"),
                        torch.full((64,), -1, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="cp.async copies it never waited for"):
-        cuda_emulated.self_test("async_copy_never_waited")
+        emulated.self_test("async_copy_never_waited")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],

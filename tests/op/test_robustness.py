@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import memae_fused
 import python_ref
-from cases import check_against_reference, draw_case, eager_in_orders
+from cases import check_against_reference, draw_case, eager_in_orders, fused_rounding
 from memae_fused import FusedMemory, memory_read
 
 CPU_BACKENDS = memae_fused.available_backends("cpu")
@@ -57,12 +57,15 @@ def test_every_backend_agrees_with_reference(backend, device, q, n, c, similarit
     eager = eager_in_orders(
         lambda *inputs: read_and_grads(python_ref.memory_read, *inputs, **kwargs),
         query, memory, grad_read.to(dtype), grad_ent.to(dtype))
+    slack = dict(zip(("grad_query", "grad_memory"), fused_rounding(
+        query, memory, grad_read, grad_ent, shrink_thres=lam, similarity=similarity,
+        temperature=temperature, dtype=dtype)))
     for name, w, g, e in zip(("read", "entropy", "grad_query", "grad_memory"), want, got, eager):
         assert g.dtype == dtype and torch.isfinite(g).all(), name
         if dtype == torch.float64:
             torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10, msg=name)
         else:
-            check_against_reference(name, g, w, e)
+            check_against_reference(name, g, w, e, slack=slack.get(name))
 
 
 # Triton's interpreter computes the bad row in NumPy, which warns about the NaN it makes.

@@ -7,8 +7,11 @@
 // on one OS thread, each running until it reaches __syncthreads, a warp-collective
 // call or its end. That makes every barrier checkable: a barrier that not all threads of the
 // block (or lanes of the warp) reach is reported instead of hanging. Threads between two
-// barriers run in index order or, with schedule "reverse", in reverse order, so a missing
-// barrier shows up as a difference between the two orders. Dynamic shared memory is filled
+// barriers run round robin in index order or, with schedule "reverse", in reverse order, so a
+// missing barrier shows up as a difference between the two orders. Round robin keeps the
+// warps within one warp-collective call of each other; with "serial_warps" one warp runs to
+// its next __syncthreads before the next warp starts, so that a race between a warp ahead and
+// one behind (a buffer rewritten while another warp's WMMA calls still read it) shows too. Dynamic shared memory is filled
 // with 0xFF bytes (NaN in every float type) at each block's start, as garbage would be, and a
 // launch asking for more than 48 KiB of it must have raised the kernel's limit first, as on a
 // GPU. WMMA fragments hold the whole 16 x 16 tile in every lane (the kernel never reads their
@@ -78,6 +81,10 @@ struct Device {
   // cp.async copies land when issued instead of at their wait: where "late" shows a read
   // that comes before the wait, "early" shows a copy issued into a buffer still being read.
   bool early_copies = false;
+  // One warp at a time runs until all its lanes wait at __syncthreads (or return): where the
+  // round robin keeps warps within one collective call of each other, this lets one warp run
+  // ahead of the rest through its WMMA calls, as a GPU may.
+  bool serial_warps = false;
 };
 inline Device& device() {
   static Device d;
@@ -272,11 +279,13 @@ inline std::string where() {
 }
 
 // __syncthreads: the last thread to arrive releases the others.
-inline void sync_block() {
+// counted: whether block_barriers() counts it (__syncthreads_or's second, internal barrier is
+// not: on a GPU it is one barrier).
+inline void sync_block(bool counted = true) {
   Block& b = block();
   if (++b.block_arrivals == static_cast<int>(b.fibers.size())) {
     b.block_arrivals = 0;
-    ++b.barriers;
+    if (counted) ++b.barriers;
     for (Fiber& f : b.fibers) {
       if (f.state == State::AtBlockBarrier) f.state = State::Runnable;
     }
@@ -419,6 +428,7 @@ void run_grid(const Launch& launch, Body body) {
   TORCH_CHECK(outer == nullptr, "cuda_emulation: launch from device code");
   running_block() = &b;
   const bool reverse = device().reverse_schedule;
+  const bool serial_warps = device().serial_warps;
   try {
     for (unsigned bz = 0; bz < launch.grid.z; ++bz)
       for (unsigned by = 0; by < launch.grid.y; ++by)
@@ -447,9 +457,14 @@ void run_grid(const Launch& launch, Body body) {
           int done = 0;
           while (done < threads) {
             bool progressed = false;
+            int running_warp = -1;  // serial_warps: the first warp with a runnable thread
             for (int i = 0; i < threads; ++i) {
               const int t = reverse ? threads - 1 - i : i;
               if (b.fibers[t].state != State::Runnable) continue;
+              if (serial_warps) {
+                if (running_warp < 0) running_warp = t / kWarpSize;
+                if (t / kWarpSize != running_warp) continue;
+              }
               b.current = t;
               switch_stack(b.scheduler, b.fibers[t].context, b.fibers[t].stack, false, nullptr);
               progressed = true;
@@ -503,7 +518,7 @@ inline int __syncthreads_or(int predicate) {
   ::cuda_emulation::sync_block();
   int any = 0;
   for (uint64_t slot : b.slots) any |= slot != 0;
-  ::cuda_emulation::sync_block();  // the slots are reused by the next collective
+  ::cuda_emulation::sync_block(false);  // the slots are reused by the next collective
   return any;
 }
 

@@ -28,6 +28,19 @@ __global__ void missing_barrier_kernel(int* out) {
   out[threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
 }
 
+// Each warp writes its slots in four steps, one warp-collective call apart, then reads the
+// other warp's slots with no __syncthreads in between: a warp that runs ahead sees what the
+// other has not written yet.
+__global__ void warp_ahead_kernel(int* out) {
+  MEMAE_DYNAMIC_SHARED(shared_bytes);
+  int* slots = reinterpret_cast<int*>(shared_bytes);
+  for (int step = 1; step <= 4; ++step) {
+    slots[threadIdx.x] = step;
+    __syncwarp();
+  }
+  out[threadIdx.x] = slots[(threadIdx.x + 32) % 64];
+}
+
 // Copies its input into shared memory with cp.async and reads it back: after waiting for the
 // copy (order 0), before waiting (1), or without ever waiting (2).
 __global__ void async_copy_kernel(const int* in, int* out, int order) {
@@ -52,6 +65,9 @@ at::Tensor run(const std::string& name) {
   } else if (name == "missing_barrier") {
     cuda_emulation::launch(missing_barrier_kernel, dim3(1), dim3(64), 64 * sizeof(int),
                            out.data_ptr<int>());
+  } else if (name == "warp_ahead") {
+    cuda_emulation::launch(warp_ahead_kernel, dim3(1), dim3(64), 64 * sizeof(int),
+                           out.data_ptr<int>());
   } else if (name == "async_copy" || name == "async_copy_read_early" ||
              name == "async_copy_never_waited") {
     const at::Tensor in = at::arange(1, 65, at::kInt);
@@ -74,18 +90,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "configure",
       [](int multiprocessors, int shared_optin_bytes, bool reverse_schedule,
-         bool early_copies) {
+         bool early_copies, bool serial_warps) {
         auto& device = cuda_emulation::device();
         device.multiprocessors = multiprocessors;
         device.shared_optin_bytes = shared_optin_bytes;
         device.reverse_schedule = reverse_schedule;
         device.early_copies = early_copies;
+        device.serial_warps = serial_warps;
       },
       "Sets the emulated device: SM count (which decides the splits), the opt-in shared "
-      "memory per block, the order threads run in between barriers, and whether cp.async "
-      "copies land when issued (else when waited for).",
+      "memory per block, the order threads run in between barriers (reversed or not; warps "
+      "round robin or one at a time), and whether cp.async copies land when issued (else "
+      "when waited for).",
       pybind11::arg("multiprocessors"), pybind11::arg("shared_optin_bytes"),
-      pybind11::arg("reverse_schedule"), pybind11::arg("early_copies") = false);
+      pybind11::arg("reverse_schedule"), pybind11::arg("early_copies") = false,
+      pybind11::arg("serial_warps") = false);
   // The emulation's counters, read and (with reset=True) started again.
   const auto def_counter = [&m](const char* name, uint64_t& (*counter)(), const char* doc) {
     m.def(
