@@ -60,6 +60,7 @@ def assert_scaled_close(got, want, tol, name, scale=None, slack=0.0):
         scale = want.abs().max().item() if want.numel() else 0.0
     atol = tol * max(scale, 1e-6)
     if isinstance(slack, torch.Tensor):
+        assert got.shape == want.shape == slack.shape, f"{name}: shapes differ"
         excess = (got - want).abs() - (atol + tol * want.abs() + slack)
         worst = int(excess.argmax()) if excess.numel() else 0
         assert not excess.numel() or excess.flatten()[worst] <= 0, (

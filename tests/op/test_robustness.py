@@ -10,6 +10,7 @@ import memae_fused
 import python_ref
 from cases import check_against_reference, draw_case, eager_in_orders, fused_rounding
 from memae_fused import FusedMemory, memory_read
+from op_checks import online_entropy_slack
 
 CPU_BACKENDS = memae_fused.available_backends("cpu")
 # (backend, device): every backend on every device present; on a GPU the property test below
@@ -58,12 +59,16 @@ def test_every_backend_agrees_with_reference(backend, device, q, n, c, similarit
         lambda *inputs: read_and_grads(python_ref.memory_read, *inputs, **kwargs),
         query, memory, grad_read.to(dtype), grad_ent.to(dtype))
     slack = dict(zip(("grad_query", "grad_memory"), fused_rounding(
-        query, memory, grad_read, grad_ent, shrink_thres=lam, similarity=similarity,
-        temperature=temperature, dtype=dtype)))
+        query, memory, grad_read.to(dtype), grad_ent.to(dtype), shrink_thres=lam,
+        similarity=similarity, temperature=temperature, dtype=dtype)))
     for name, w, g, e in zip(("read", "entropy", "grad_query", "grad_memory"), want, got, eager):
         assert g.dtype == dtype and torch.isfinite(g).all(), name
         if dtype == torch.float64:
-            torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10, msg=name)
+            allowed = 1e-8 * w.abs() + 1e-10 + slack.get(name, 0.0)
+            if name == "entropy":
+                allowed = allowed + online_entropy_slack(n, lam)
+            excess = ((g - w).abs() - allowed).max().item()
+            assert excess <= 0, f"{name}: {excess:.2e} over the float64 allowance"
         else:
             check_against_reference(name, g, w, e, slack=slack.get(name))
 
