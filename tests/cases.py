@@ -151,7 +151,6 @@ def check_against_reference(name, got, want, eager=None, rtol=1e-5, atol=1e-6, s
     assert err <= bar, f"{name}: error {err:.2e} > {bar:.2e} (|want| = {want.norm().item():.2e})"
 
 
-
 def fused_rounding(query, memory, grad_read, grad_ent, *, shrink_thres, similarity,
                    temperature, dtype):
     """Element-wise allowance for d(query) and d(memory) computed in `dtype` the fused way:

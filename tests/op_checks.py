@@ -60,15 +60,22 @@ def assert_scaled_close(got, want, tol, name, scale=None, slack=0.0):
         scale = want.abs().max().item() if want.numel() else 0.0
     atol = tol * max(scale, 1e-6)
     if isinstance(slack, torch.Tensor):
-        assert got.shape == want.shape == slack.shape, f"{name}: shapes differ"
-        excess = (got - want).abs() - (atol + tol * want.abs() + slack)
-        worst = int(excess.argmax()) if excess.numel() else 0
-        assert not excess.numel() or excess.flatten()[worst] <= 0, (
-            f"{name}: element {worst} is {got.flatten()[worst]:.6e}, want "
-            f"{want.flatten()[worst]:.6e} within {atol:.2e} + {tol} relative + "
-            f"{slack.flatten()[worst]:.2e}")
+        assert_within(got, want, atol + tol * want.abs() + slack, name)
         return
     torch.testing.assert_close(got, want, rtol=tol, atol=atol + slack, msg=name)
+
+
+def assert_within(got, want, allowed, name):
+    """|got - want| <= allowed element-wise (allowed a tensor of want's shape)."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    assert got.shape == want.shape == allowed.shape, f"{name}: shapes differ"
+    if not got.numel():
+        return
+    excess = (got - want).abs() - allowed
+    worst = int(excess.argmax())
+    assert excess.flatten()[worst] <= 0, (
+        f"{name}: element {worst} is {got.flatten()[worst]:.6e}, want "
+        f"{want.flatten()[worst]:.6e} within {allowed.flatten()[worst]:.2e}")
 
 
 def online_entropy_slack(num_slots, lam):

@@ -7,8 +7,8 @@ NaN at each block's start), barriers (one that not every thread reaches is an er
 WMMA's alignment rules. Outputs and scratch tensors come from at::empty filled with NaN
 (deterministic mode), so an element a kernel fails to write shows up. What the emulation
 cannot show (timing, real tensor-core rounding, races between threads that run between the
-same two barriers, beyond what the reversed and warp-at-a-time schedules expose) is left to the GPU tests in
-test_cpp_op.py."""
+same two barriers, beyond what the reversed and warp-at-a-time schedules expose) is left to
+the GPU tests in test_cpp_op.py."""
 
 import itertools
 import os
@@ -171,8 +171,8 @@ def test_random_shapes_match_reference(cuda_emulated, q, n, c, similarity, shrin
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("multiprocessors", [132, 1], ids=["split", "unsplit"])
 @pytest.mark.parametrize("shrink_factor", [0.0, 2.0], ids=["online", "shrinking"])
-def test_reverse_schedule_gives_identical_results(emulated, dtype, multiprocessors,
-                                                  shrink_factor):
+def test_every_schedule_gives_identical_results(emulated, dtype, multiprocessors,
+                                                shrink_factor):
     """Threads between two barriers run in the opposite order, cp.async copies land when
     issued instead of at their wait, and warps run one at a time instead of round robin: a
     missing barrier or wait (a read of shared memory another thread has not written yet, or

@@ -11,16 +11,16 @@
 // missing barrier shows up as a difference between the two orders. Round robin keeps the
 // warps within one warp-collective call of each other; with "serial_warps" one warp runs to
 // its next __syncthreads before the next warp starts, so that a race between a warp ahead and
-// one behind (a buffer rewritten while another warp's WMMA calls still read it) shows too. Dynamic shared memory is filled
-// with 0xFF bytes (NaN in every float type) at each block's start, as garbage would be, and a
-// launch asking for more than 48 KiB of it must have raised the kernel's limit first, as on a
-// GPU. WMMA fragments hold the whole 16 x 16 tile in every lane (the kernel never reads their
-// elements), products are accumulated in float (and their multiply-adds counted), and pointers
-// and strides are checked against WMMA's alignment rules and for being the same in every lane.
-// A cp.async copy (cuda_pipeline.h) lands in shared memory when its thread waits for it, or
-// (configurable) as soon as it is issued, and a thread that returns with copies it never
-// waited for is an error. __syncthreads
-// barriers are counted, for the tests of how many each kernel needs.
+// one behind (a buffer rewritten while another warp's WMMA calls still read it) shows too.
+// Dynamic shared memory is filled with 0xFF bytes (NaN in every float type) at each block's
+// start, as garbage would be, and a launch asking for more than 48 KiB of it must have raised
+// the kernel's limit first, as on a GPU. WMMA fragments hold the whole 16 x 16 tile in every
+// lane (the kernel never reads their elements), products are accumulated in float (and their
+// multiply-adds counted), and pointers and strides are checked against WMMA's alignment rules
+// and for being the same in every lane. A cp.async copy (cuda_pipeline.h) lands in shared
+// memory when its thread waits for it, or (configurable) as soon as it is issued, and a
+// thread that returns with copies it never waited for is an error. __syncthreads barriers are
+// counted, for the tests of how many each kernel needs.
 #pragma once
 
 #include <ATen/ATen.h>
